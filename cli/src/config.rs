@@ -1,0 +1,194 @@
+//! `vigie serve` configuration: command line > `VIGIE_*` environment > TOML file > defaults.
+//!
+//! Every option can be set in all three places; durations use humantime (`10s`, `500ms`, `24h`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Options of `vigie serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// TOML file with any of the options below (command line and environment win).
+    #[arg(long, env = "VIGIE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory for local state; the lake defaults to `<data-dir>/lake` [default: ./vigie-data].
+    #[arg(long, env = "VIGIE_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Object-store URL of the lake: file://, s3://bucket/prefix, gs://, az://, memory://
+    /// [default: file://<data-dir>/lake].
+    #[arg(long, env = "VIGIE_OBJECT_STORE")]
+    pub(crate) object_store: Option<String>,
+    /// Address of the gRPC port (Ingest, Alerts and Flight SQL); port 0 picks a free port
+    /// [default: 127.0.0.1:50051].
+    #[arg(long, env = "VIGIE_GRPC_ADDR")]
+    pub(crate) grpc_addr: Option<SocketAddr>,
+    /// Flush the buffer to Parquet at least this often [default: 10s].
+    #[arg(long, env = "VIGIE_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
+    pub(crate) flush_interval: Option<Duration>,
+    /// Flush as soon as a table buffers this many rows [default: 1000000].
+    #[arg(long, env = "VIGIE_FLUSH_ROWS")]
+    pub(crate) flush_rows: Option<usize>,
+    /// Report-time window within which `(drone_id, seq)` dedupe is exact [default: 24h].
+    #[arg(long, env = "VIGIE_DEDUPE_WINDOW", value_parser = humantime::parse_duration)]
+    pub(crate) dedupe_window: Option<Duration>,
+    /// Largest accepted gRPC message, in bytes [default: 16777216].
+    #[arg(long, env = "VIGIE_MAX_MESSAGE_BYTES")]
+    pub(crate) max_message_bytes: Option<usize>,
+    /// How long a graceful shutdown waits for open streams before flushing [default: 10s].
+    #[arg(long, env = "VIGIE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) shutdown_timeout: Option<Duration>,
+}
+
+/// The TOML file: the same names as the command-line options, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    object_store: Option<String>,
+    grpc_addr: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde")]
+    flush_interval: Option<Duration>,
+    flush_rows: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    dedupe_window: Option<Duration>,
+    max_message_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_timeout: Option<Duration>,
+}
+
+/// The resolved configuration of `vigie serve`.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) object_store: url::Url,
+    pub(crate) grpc_addr: SocketAddr,
+    pub(crate) flush_interval: Duration,
+    pub(crate) flush_rows: usize,
+    pub(crate) dedupe_window: Duration,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Merges the command line (with its environment) over the optional TOML file and defaults.
+    pub(crate) fn resolve(args: ServeArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("vigie-data"));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve data dir {}", data_dir.display()))?;
+        let object_store = match args.object_store.or(file.object_store) {
+            Some(u) => parse_store_url(&u)?,
+            None => url::Url::from_directory_path(data_dir.join("lake"))
+                .map_err(|()| anyhow::anyhow!("data dir {} is not absolute", data_dir.display()))?,
+        };
+        let config = Self {
+            data_dir,
+            object_store,
+            grpc_addr: args
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            flush_interval: args
+                .flush_interval
+                .or(file.flush_interval)
+                .unwrap_or(Duration::from_secs(10)),
+            flush_rows: args.flush_rows.or(file.flush_rows).unwrap_or(1_000_000),
+            dedupe_window: args
+                .dedupe_window
+                .or(file.dedupe_window)
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(vigie_ingest::DEFAULT_MAX_MESSAGE_BYTES),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+        };
+        if config.flush_interval.is_zero() {
+            bail!("--flush-interval must be longer than 0");
+        }
+        if config.flush_rows == 0 {
+            bail!("--flush-rows must be at least 1");
+        }
+        if config.max_message_bytes < 1024 {
+            bail!("--max-message-bytes must be at least 1024");
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parses `--object-store`: a URL, or a plain directory path (made absolute).
+fn parse_store_url(value: &str) -> Result<url::Url> {
+    if value.contains("://") {
+        return url::Url::parse(value)
+            .with_context(|| format!("invalid --object-store URL {value}"));
+    }
+    let dir = std::path::absolute(value)
+        .with_context(|| format!("invalid --object-store path {value}"))?;
+    url::Url::from_directory_path(&dir)
+        .map_err(|()| anyhow::anyhow!("invalid --object-store path {value}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_wins_over_file_and_defaults_fill_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vigie.toml");
+        std::fs::write(
+            &file,
+            "flush_interval = \"2s\"\nflush_rows = 5\ngrpc_addr = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            flush_rows: Some(7),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.flush_interval, Duration::from_secs(2));
+        assert_eq!(c.flush_rows, 7);
+        assert_eq!(c.grpc_addr.port(), 0);
+        assert_eq!(c.dedupe_window, Duration::from_secs(86_400));
+        assert!(c.object_store.as_str().starts_with("file:///"));
+        assert!(c.object_store.as_str().ends_with("/data/lake/"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vigie.toml");
+        std::fs::write(&file, "flush_intervall = \"2s\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("flush_intervall"), "{err:#}");
+    }
+}

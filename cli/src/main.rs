@@ -1,0 +1,55 @@
+//! The `vigie` binary.
+//!
+//! ```text
+//! vigie serve     ─ config ─▶ engine (lake, buffer, flusher) ─▶ gRPC port: Ingest, Alerts, Flight SQL
+//! vigie simulate  ─ deterministic fleet ─▶ Ingest.WriteStream (and/or JSON lines)
+//! ```
+
+mod config;
+mod serve;
+mod simulate;
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Log filter when `VIGIE_LOG` is unset: Vigie at info, the Delta kernel's per-scan chatter off.
+const DEFAULT_LOG: &str = "info,buoyant_kernel=warn,deltalake_core=warn";
+
+/// Vigie: drone reports in, real-time alerts out, SQL over all history.
+#[derive(Debug, Parser)]
+#[command(name = "vigie", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: ingest, alerts and Flight SQL on one gRPC port.
+    Serve(config::ServeArgs),
+    /// Send a deterministic simulated fleet to a server.
+    Simulate(simulate::SimulateArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("VIGIE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(config::Config::resolve(args)?).await,
+            Command::Simulate(args) => simulate::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,114 @@
+//! `vigie serve`: one gRPC port for Ingest, Alerts and Flight SQL, plus the background flusher.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): stop accepting, let open streams finish (up to
+//! `shutdown_timeout`), flush and commit the buffer, exit 0. A second signal exits at once.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use vigie_engine::store::Lake;
+use vigie_engine::{Engine, EngineArgs};
+use vigie_flight_server::VigieFlightSql;
+use vigie_ingest::{AlertsService, IngestService};
+use vigie_sql::SqlEngine;
+
+use crate::config::Config;
+
+pub(crate) async fn run(config: Config) -> Result<()> {
+    info!(?config, "starting");
+    let lake = Lake::open(&config.object_store)
+        .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
+    let engine = Arc::new(
+        Engine::open(EngineArgs {
+            lake,
+            flush_interval: config.flush_interval,
+            flush_rows: config.flush_rows,
+            dedupe_window: config.dedupe_window,
+        })
+        .await
+        .context("cannot open the tables")?,
+    );
+    let sql = SqlEngine::new(engine.default_tenant(), engine.lake())
+        .await
+        .context("cannot create the SQL session")?;
+    let flight = VigieFlightSql::new(sql).context("cannot create the Flight SQL service")?;
+
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
+    let addr = listener.local_addr()?;
+    // The one line scripts and tests wait for.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on grpc://{addr}")?;
+    stdout.flush()?;
+    info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), "listening");
+
+    let stop_serving = CancellationToken::new();
+    let stop_flushing = CancellationToken::new();
+    let flusher = engine.start_flusher(stop_flushing.clone());
+
+    let server = tonic::transport::Server::builder()
+        .add_service(IngestService::new(engine.clone()).into_server(config.max_message_bytes))
+        .add_service(AlertsService.into_server())
+        .add_service(
+            flight
+                .into_server()
+                .max_decoding_message_size(config.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+
+    tokio::select! {
+        result = &mut server => {
+            result.context("server task failed")?.context("server failed")?;
+        }
+        () = shutdown_signal() => {
+            info!("shutdown requested: no new connections; draining");
+            tokio::spawn(async {
+                shutdown_signal().await;
+                warn!("second signal: exiting now");
+                std::process::exit(130);
+            });
+            stop_serving.cancel();
+            match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
+                Ok(result) => result.context("server task failed")?.context("server failed")?,
+                Err(_) => {
+                    warn!(timeout = ?config.shutdown_timeout, "open streams did not end in time; closing them");
+                    server.abort();
+                }
+            }
+        }
+    }
+    stop_flushing.cancel();
+    flusher
+        .await
+        .context("flusher task failed")?
+        .context("final flush failed")?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

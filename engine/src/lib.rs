@@ -1,0 +1,318 @@
+//! Vigie's storage engine: validation, exact dedupe, the live buffer and Delta persistence.
+//!
+//! ```text
+//!  WriteRequest ─▶ Tenant::write ─ validate ─ dedupe (drone_id, seq) ─▶ RecordBatch ─▶ LiveTable buffer
+//!                                                                                      │
+//!             flusher (every --flush-interval or --flush-rows) ── Parquet + Delta commit ┘
+//!                                                                  on the object store (Lake)
+//!  SQL (vigie-sql) ─▶ LiveTable::snapshot() = committed files + buffered batches, consistent
+//! ```
+//! Layout: `<lake>/tenants/<tenant>/tables/<table>/` holds one Delta table per [`TableKind`],
+//! partitioned by `day`. On start, the dedupe index is rebuilt from the stored reports within the
+//! window, so a retry after a restart is still a duplicate.
+
+pub mod dedupe;
+pub mod report;
+pub mod schema;
+pub mod store;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::TryStreamExt;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use vigie_proto::v1::{Rejection, WriteRequest, WriteResponse};
+
+use crate::dedupe::DedupeIndex;
+use crate::report::{ReportBatchBuilder, validate};
+use crate::schema::{MICROS_PER_DAY, TableKind};
+use crate::store::{Lake, TenantName};
+use crate::table::{LiveTable, TableSnapshot};
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting or name that cannot be used; the message says which and why.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// Stored data that does not match what Vigie writes.
+    #[error("unexpected stored data: {0}")]
+    Corrupt(String),
+    /// The object store failed (network, permissions, missing bucket…).
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// The Delta log could not be read or committed.
+    #[error("Delta Lake: {0}")]
+    Delta(#[from] deltalake::errors::DeltaTableError),
+    /// An Arrow operation failed (a bug if it happens on validated input).
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Stored Parquet files could not be read back.
+    #[error("reading stored data: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What [`Engine::open`] needs.
+#[derive(Debug, Clone)]
+pub struct EngineArgs {
+    /// Where the tables live.
+    pub lake: Lake,
+    /// Flush the buffer at least this often.
+    pub flush_interval: Duration,
+    /// Flush as soon as this many rows are buffered in a table.
+    pub flush_rows: usize,
+    /// `(drone_id, seq)` dedupe is exact for reports within this much report time of their drone's
+    /// newest report.
+    pub dedupe_window: Duration,
+}
+
+/// One tenant's tables and dedupe state.
+#[derive(Debug)]
+pub struct Tenant {
+    name: TenantName,
+    tables: BTreeMap<&'static str, Arc<LiveTable>>,
+    reports: Arc<LiveTable>,
+    dedupe: Mutex<DedupeIndex>,
+    flush_rows: usize,
+    flush_now: Arc<Notify>,
+}
+
+impl Tenant {
+    /// The tenant's name.
+    pub fn name(&self) -> &TenantName {
+        &self.name
+    }
+
+    /// The tenant's tables by SQL name.
+    pub fn tables(&self) -> impl Iterator<Item = (&'static str, &Arc<LiveTable>)> {
+        self.tables.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// A table's consistent snapshot (committed files + buffer).
+    pub fn snapshot(&self, table: TableKind) -> TableSnapshot {
+        self.tables[table.name()].snapshot()
+    }
+
+    /// Validates, dedupes and buffers a request's reports; the answer lists the rejected ones by
+    /// index. Accepted reports are visible to queries when this returns.
+    pub fn write(&self, request: &WriteRequest) -> Result<WriteResponse> {
+        let received_at = chrono::Utc::now().timestamp_micros();
+        let mut rejected = Vec::new();
+        let mut valid = Vec::with_capacity(request.reports.len());
+        for (index, report) in request.reports.iter().enumerate() {
+            match validate(report) {
+                Ok(v) => valid.push(v),
+                Err(reason) => rejected.push(Rejection {
+                    index: index as u32,
+                    reason,
+                }),
+            }
+        }
+        let mut duplicates = 0u32;
+        let accepted;
+        {
+            // Dedupe and buffer under one lock: a concurrent retry of the same report is a
+            // duplicate only once the original is visible in the buffer.
+            let mut dedupe = self.dedupe.lock();
+            let mut builder = ReportBatchBuilder::with_capacity(valid.len());
+            for v in &valid {
+                if dedupe.insert(&v.report.drone_id, v.report.seq, v.time_micros) {
+                    builder.append(v, received_at);
+                } else {
+                    duplicates += 1;
+                }
+            }
+            accepted = builder.len() as u32;
+            if accepted > 0 {
+                self.reports.push(builder.finish()?);
+            }
+        }
+        if self.reports.buffered().0 >= self.flush_rows {
+            self.flush_now.notify_one();
+        }
+        Ok(WriteResponse {
+            accepted,
+            duplicates,
+            rejected,
+        })
+    }
+
+    /// Rebuilds the dedupe index from the reports stored within the window.
+    async fn rebuild_dedupe(&self, lake: &Lake, window_micros: i64) -> Result<()> {
+        let snapshot = self.reports.snapshot();
+        let Some(newest_day) = snapshot.files.iter().map(|f| f.day).max() else {
+            return Ok(());
+        };
+        let window_days = (window_micros / MICROS_PER_DAY + 1) as i32;
+        let urls: Vec<String> = snapshot
+            .files
+            .iter()
+            .filter(|f| f.day >= newest_day - window_days)
+            .map(|f| format!("{}{}", lake.root_url(), f.path))
+            .collect();
+        let ctx = SessionContext::new();
+        ctx.register_object_store(&lake.root_url(), lake.root_store.clone());
+        let mut stream = ctx
+            .read_parquet(urls, ParquetReadOptions::default())
+            .await?
+            .select_columns(&["drone_id", "seq", "time"])?
+            .execute_stream()
+            .await?;
+        let mut index = DedupeIndex::default();
+        let mut rows = 0usize;
+        while let Some(batch) = stream.try_next().await? {
+            rows += batch.num_rows();
+            insert_keys(&mut index, &batch)?;
+        }
+        index.evict(window_micros);
+        let (drones, ranges) = index.size();
+        info!(tenant = %self.name, rows, drones, ranges, "rebuilt dedupe index");
+        *self.dedupe.lock() = index;
+        Ok(())
+    }
+}
+
+fn insert_keys(index: &mut DedupeIndex, batch: &RecordBatch) -> Result<()> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Corrupt(format!("a reports file has no column {name}")))
+    };
+    let drones = arrow::compute::cast(column("drone_id")?, &arrow::datatypes::DataType::Utf8)?;
+    let drones = drones.as_string::<i32>();
+    let seqs = column("seq")?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::Corrupt("reports.seq is not Int64".into()))?;
+    let times = column("time")?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| Error::Corrupt("reports.time is not a µs timestamp".into()))?;
+    for i in 0..batch.num_rows() {
+        index.insert(drones.value(i), seqs.value(i) as u64, times.value(i));
+    }
+    Ok(())
+}
+
+/// The engine: every tenant's tables, and the background flusher.
+#[derive(Debug)]
+pub struct Engine {
+    args: EngineArgs,
+    tenants: BTreeMap<TenantName, Arc<Tenant>>,
+    flush_now: Arc<Notify>,
+}
+
+impl Engine {
+    /// Opens (creating when missing) the tables of the `default` tenant and rebuilds dedupe state.
+    pub async fn open(args: EngineArgs) -> Result<Self> {
+        if args.flush_rows == 0 {
+            return Err(Error::InvalidConfig("flush_rows must be at least 1".into()));
+        }
+        if args.flush_interval.is_zero() {
+            return Err(Error::InvalidConfig(
+                "flush_interval must be longer than 0".into(),
+            ));
+        }
+        let flush_now = Arc::new(Notify::new());
+        let mut tenants = BTreeMap::new();
+        for name in [TenantName::default_tenant()] {
+            let mut tables = BTreeMap::new();
+            for kind in TableKind::ALL {
+                let table = LiveTable::open(&args.lake, &name, kind).await?;
+                tables.insert(kind.name(), Arc::new(table));
+            }
+            let tenant = Tenant {
+                name: name.clone(),
+                reports: tables[TableKind::Reports.name()].clone(),
+                tables,
+                dedupe: Mutex::new(DedupeIndex::default()),
+                flush_rows: args.flush_rows,
+                flush_now: flush_now.clone(),
+            };
+            tenant
+                .rebuild_dedupe(&args.lake, window_micros(args.dedupe_window))
+                .await?;
+            tenants.insert(name, Arc::new(tenant));
+        }
+        Ok(Self {
+            args,
+            tenants,
+            flush_now,
+        })
+    }
+
+    /// The lake the engine writes to.
+    pub fn lake(&self) -> &Lake {
+        &self.args.lake
+    }
+
+    /// A tenant by name.
+    pub fn tenant(&self, name: &TenantName) -> Option<Arc<Tenant>> {
+        self.tenants.get(name).cloned()
+    }
+
+    /// The `default` tenant (the only one until tenants are managed).
+    pub fn default_tenant(&self) -> Arc<Tenant> {
+        self.tenants[&TenantName::default_tenant()].clone()
+    }
+
+    /// Flushes every table of every tenant once; returns the rows written. Stops at the first error
+    /// (the unflushed rows stay buffered).
+    pub async fn flush_all(&self) -> Result<usize> {
+        let mut rows = 0;
+        for tenant in self.tenants.values() {
+            for table in tenant.tables.values() {
+                rows += table.flush(&self.args.lake).await?.rows;
+            }
+            tenant
+                .dedupe
+                .lock()
+                .evict(window_micros(self.args.dedupe_window));
+        }
+        Ok(rows)
+    }
+
+    /// Starts the background flusher: every `flush_interval`, or sooner when a table holds
+    /// `flush_rows`. On `shutdown` it flushes one last time and ends.
+    pub fn start_flusher(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<Result<()>> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(engine.args.flush_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => {}
+                    _ = engine.flush_now.notified() => {}
+                }
+                if let Err(e) = engine.flush_all().await {
+                    error!(error = %e, "flush failed; the rows stay buffered and are retried");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            info!("flushing before shutdown");
+            let rows = engine.flush_all().await.inspect_err(|e| {
+                warn!(error = %e, "final flush failed; buffered rows are lost");
+            })?;
+            info!(rows, "final flush done");
+            Ok(())
+        })
+    }
+}
+
+fn window_micros(window: Duration) -> i64 {
+    i64::try_from(window.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,293 @@
+//! A live table: the committed Delta snapshot plus the not-yet-flushed buffer, read as one.
+//!
+//! ```text
+//! push(batch) ──▶ buffer chunks [c7 c8 c9]           snapshot() ─▶ (Delta files @v12, [c7 c8 c9])
+//!                     │ flush(): write c7..c9 as Parquet, commit v13
+//!                     ▼ then, under one lock: files ← v13, drop c7..c9
+//! ```
+//! A query takes [`LiveTable::snapshot`] under the same lock that a flush uses to swap the committed
+//! files and drop the flushed chunks, so it sees every row exactly once: either in the buffer
+//! (before the swap) or in the Delta files (after it), never both, never neither.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use chrono::NaiveDate;
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::logstore::{StorageConfig, default_logstore};
+use deltalake::protocol::SaveMode;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use parking_lot::RwLock;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use tracing::{debug, info};
+
+use crate::schema::{DAY_COLUMN, TableKind};
+use crate::store::{Lake, TablePath, TenantName, table_path};
+use crate::{Error, Result};
+
+/// One Parquet file of a committed Delta version.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    /// Path inside the lake's `root_store`.
+    pub path: Path,
+    /// Size in bytes.
+    pub size: u64,
+    /// The file's `day` partition (days since the Unix epoch).
+    pub day: i32,
+    /// Row count from the Delta statistics, when recorded.
+    pub num_rows: Option<usize>,
+}
+
+/// What a query reads: the files of one Delta version and the buffer as it was at that version.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    /// The table's full schema (partition column `day` last).
+    pub schema: SchemaRef,
+    /// The Delta version the files belong to (`None` before the table's first commit).
+    pub version: Option<u64>,
+    /// The committed files.
+    pub files: Arc<[DataFile]>,
+    /// The buffered rows not in `files`.
+    pub buffered: Vec<RecordBatch>,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    id: u64,
+    batch: RecordBatch,
+}
+
+#[derive(Debug)]
+struct State {
+    version: Option<u64>,
+    files: Arc<[DataFile]>,
+    chunks: VecDeque<Chunk>,
+    next_chunk: u64,
+    buffered_rows: usize,
+    buffered_bytes: usize,
+}
+
+/// One table of one tenant: Delta on the object store plus its in-memory buffer.
+#[derive(Debug)]
+pub struct LiveTable {
+    kind: TableKind,
+    tenant: TenantName,
+    state: RwLock<State>,
+    /// The Delta table handle at the last commit; held by the one flush in progress.
+    delta: tokio::sync::Mutex<DeltaTable>,
+}
+
+/// How many rows one flush committed, and at which version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Rows written.
+    pub rows: usize,
+    /// The Delta version committed (unchanged when nothing was buffered).
+    pub version: Option<u64>,
+}
+
+impl LiveTable {
+    /// Opens the table, creating an empty Delta table (partitioned by `day`) when none exists.
+    pub async fn open(lake: &Lake, tenant: &TenantName, kind: TableKind) -> Result<Self> {
+        let path = table_path(tenant, kind);
+        let delta = open_or_create_delta(lake, &path, kind).await?;
+        let files = list_files(lake, &path, &delta)?;
+        let version = delta.version();
+        info!(
+            tenant = %tenant, table = kind.name(), ?version, files = files.len(),
+            "opened table"
+        );
+        Ok(Self {
+            kind,
+            tenant: tenant.clone(),
+            state: RwLock::new(State {
+                version,
+                files,
+                chunks: VecDeque::new(),
+                next_chunk: 0,
+                buffered_rows: 0,
+                buffered_bytes: 0,
+            }),
+            delta: tokio::sync::Mutex::new(delta),
+        })
+    }
+
+    /// Which table this is.
+    pub fn kind(&self) -> TableKind {
+        self.kind
+    }
+
+    /// Appends a batch of the table's schema to the buffer; visible to the next snapshot.
+    pub fn push(&self, batch: RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        debug_assert_eq!(batch.schema(), self.kind.schema());
+        let mut s = self.state.write();
+        s.buffered_rows += batch.num_rows();
+        s.buffered_bytes += batch.get_array_memory_size();
+        let id = s.next_chunk;
+        s.next_chunk += 1;
+        s.chunks.push_back(Chunk { id, batch });
+    }
+
+    /// Rows and bytes held in the buffer.
+    pub fn buffered(&self) -> (usize, usize) {
+        let s = self.state.read();
+        (s.buffered_rows, s.buffered_bytes)
+    }
+
+    /// A consistent view: committed files and buffered rows, each row in exactly one of them.
+    pub fn snapshot(&self) -> TableSnapshot {
+        let s = self.state.read();
+        TableSnapshot {
+            schema: self.kind.schema(),
+            version: s.version,
+            files: s.files.clone(),
+            buffered: s.chunks.iter().map(|c| c.batch.clone()).collect(),
+        }
+    }
+
+    /// Writes the buffered rows as Parquet and commits them as one Delta version.
+    ///
+    /// On error nothing is dropped from the buffer: the next flush retries the same rows.
+    pub async fn flush(&self, lake: &Lake) -> Result<FlushOutcome> {
+        let mut delta = self.delta.lock().await;
+        let (last_id, batches) = {
+            let s = self.state.read();
+            match s.chunks.back() {
+                None => {
+                    return Ok(FlushOutcome {
+                        rows: 0,
+                        version: s.version,
+                    });
+                }
+                Some(last) => (
+                    last.id,
+                    s.chunks.iter().map(|c| c.batch.clone()).collect::<Vec<_>>(),
+                ),
+            }
+        };
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let written = delta
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns([DAY_COLUMN])
+            .with_writer_properties(writer_properties())
+            .await?;
+        let path = table_path(&self.tenant, self.kind);
+        let files = list_files(lake, &path, &written)?;
+        let version = written.version();
+        {
+            let mut s = self.state.write();
+            s.version = version;
+            s.files = files;
+            while s.chunks.front().is_some_and(|c| c.id <= last_id) {
+                let c = s.chunks.pop_front().expect("checked non-empty");
+                s.buffered_rows -= c.batch.num_rows();
+                s.buffered_bytes -= c.batch.get_array_memory_size();
+            }
+        }
+        *delta = written;
+        debug!(tenant = %self.tenant, table = self.kind.name(), rows, ?version, "flushed");
+        Ok(FlushOutcome { rows, version })
+    }
+}
+
+/// Parquet settings of every file Vigie writes: zstd, page-level statistics.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+async fn open_or_create_delta(
+    lake: &Lake,
+    path: &TablePath,
+    kind: TableKind,
+) -> Result<DeltaTable> {
+    let url = lake.table_url(path)?;
+    let log_store = default_logstore(
+        lake.table_store(path),
+        lake.root_store.clone(),
+        &url,
+        &StorageConfig::default(),
+    );
+    let mut table = DeltaTable::new(log_store);
+    // A table exists once its log holds a commit; ask the store rather than parse load errors,
+    // which differ between stores.
+    let log = Path::from("_delta_log");
+    let exists = lake
+        .table_store(path)
+        .list(Some(&log))
+        .try_next()
+        .await?
+        .is_some();
+    if exists {
+        table.load().await?;
+        check_schema(&table, kind)?;
+        return Ok(table);
+    }
+    let schema: StructType = kind.schema().as_ref().try_into_kernel()?;
+    let created = table
+        .create()
+        .with_table_name(kind.name())
+        .with_columns(schema.fields().cloned())
+        .with_partition_columns([DAY_COLUMN])
+        .with_save_mode(SaveMode::Ignore)
+        .await?;
+    info!(table = kind.name(), %url, "created Delta table");
+    Ok(created)
+}
+
+fn check_schema(table: &DeltaTable, kind: TableKind) -> Result<()> {
+    let stored = table.snapshot()?.schema();
+    let expected: StructType = kind.schema().as_ref().try_into_kernel()?;
+    let stored_names: Vec<_> = stored.fields().map(|f| f.name().clone()).collect();
+    let expected_names: Vec<_> = expected.fields().map(|f| f.name().clone()).collect();
+    if stored_names != expected_names {
+        return Err(Error::Corrupt(format!(
+            "table {} has columns {stored_names:?}, expected {expected_names:?}",
+            kind.name()
+        )));
+    }
+    Ok(())
+}
+
+fn list_files(lake: &Lake, path: &TablePath, table: &DeltaTable) -> Result<Arc<[DataFile]>> {
+    let Ok(state) = table.snapshot() else {
+        return Ok(Arc::from(Vec::new()));
+    };
+    let root = lake.table_root(path);
+    let mut files = Vec::with_capacity(state.log_data().num_files());
+    for f in state.log_data().iter() {
+        let rel = f.object_store_path();
+        let day = f
+            .partition_values_map()
+            .get(DAY_COLUMN)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::Corrupt(format!("file {rel} has no {DAY_COLUMN} partition")))?;
+        let date = NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|e| {
+            Error::Corrupt(format!(
+                "file {rel} has partition {DAY_COLUMN}={day:?}: {e}"
+            ))
+        })?;
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+        files.push(DataFile {
+            path: root.parts().chain(rel.parts()).collect(),
+            size: u64::try_from(f.size()).unwrap_or(0),
+            day: (date - epoch).num_days() as i32,
+            num_rows: f.num_records(),
+        });
+    }
+    Ok(Arc::from(files))
+}

@@ -1,0 +1,211 @@
+//! Vigie's Arrow Flight SQL service: analysts' SQL over all history and the live buffer.
+//!
+//! ```text
+//! client ─GetFlightInfo(CommandStatementQuery)─▶ plan (schema) ─▶ FlightInfo{ticket = statement}
+//! client ─DoGet(ticket)──▶ SqlEngine::plan ─▶ execute_stream ─▶ plain Arrow ─▶ FlightData stream
+//! ```
+//! Errors become statuses in [`status_of`]: user mistakes `INVALID_ARGUMENT`, overload
+//! `RESOURCE_EXHAUSTED`, the rest `INTERNAL`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::error::ArrowError;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    CommandGetSqlInfo, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use datafusion::error::DataFusionError;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+use vigie_sql::{Error as SqlError, SqlEngine, plain_schema, to_plain};
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// The status a Flight SQL client sees for a SQL error.
+pub fn status_of(error: &SqlError) -> Status {
+    match error {
+        SqlError::ReadOnly(m) => Status::invalid_argument(m.clone()),
+        SqlError::DataFusion(e) => datafusion_status(e),
+    }
+}
+
+fn datafusion_status(error: &DataFusionError) -> Status {
+    let root = error.find_root();
+    let message = root.to_string();
+    match root {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_) => Status::invalid_argument(message),
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::CastError(_)
+            | ArrowError::ParseError(_)
+            | ArrowError::DivideByZero
+            | ArrowError::ComputeError(_)
+            | ArrowError::InvalidArgumentError(_)
+            | ArrowError::ArithmeticOverflow(_) => Status::invalid_argument(message),
+            _ => Status::internal(message),
+        },
+        DataFusionError::Execution(_) => Status::invalid_argument(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// The Flight SQL service over one tenant's SQL session.
+#[derive(Clone)]
+pub struct VigieFlightSql {
+    sql: SqlEngine,
+    sql_info: Arc<SqlInfoData>,
+}
+
+impl std::fmt::Debug for VigieFlightSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VigieFlightSql")
+            .field("sql", &self.sql)
+            .finish()
+    }
+}
+
+impl VigieFlightSql {
+    /// A service answering with `sql`.
+    pub fn new(sql: SqlEngine) -> Result<Self, FlightError> {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, "Vigie");
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "59.3.2");
+        info.append(SqlInfo::FlightSqlServerReadOnly, true);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        Ok(Self {
+            sql,
+            sql_info: Arc::new(info.build()?),
+        })
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> FlightServiceServer<Self> {
+        FlightServiceServer::new(self)
+    }
+
+    fn flight_info(
+        &self,
+        schema: &arrow::datatypes::Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("cannot encode the result schema: {e}")))
+            .map(|info| {
+                info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+                    .with_descriptor(descriptor)
+            })
+    }
+}
+
+fn stream_batches(
+    schema: arrow::datatypes::SchemaRef,
+    batches: impl Stream<Item = Result<arrow::array::RecordBatch, FlightError>> + Send + 'static,
+) -> DoGetStream {
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(|e| match e {
+            FlightError::Tonic(status) => *status,
+            other => Status::internal(other.to_string()),
+        });
+    Box::pin(data)
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for VigieFlightSql {
+    type FlightService = VigieFlightSql;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        debug!(sql = %query.query, "GetFlightInfo statement");
+        let frame = self
+            .sql
+            .plan(&query.query)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let schema = plain_schema(frame.schema().as_arrow());
+        let ticket = TicketStatementQuery {
+            statement_handle: query.query.into_bytes().into(),
+        }
+        .as_any()
+        .encode_to_vec();
+        self.flight_info(&schema, ticket, request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let sql = String::from_utf8(ticket.statement_handle.to_vec())
+            .map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))?;
+        let frame = self.sql.plan(&sql).await.map_err(|e| status_of(&e))?;
+        let schema = plain_schema(frame.schema().as_arrow());
+        let stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| datafusion_status(&e))?;
+        let out_schema = schema.clone();
+        let batches = stream.map(move |batch| {
+            batch
+                .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))
+                .and_then(|b| {
+                    to_plain(&b, &out_schema)
+                        .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
+                })
+        });
+        info!(%sql, "query");
+        Ok(Response::new(stream_batches(schema, batches)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        let ticket = query.as_any().encode_to_vec();
+        self.flight_info(&schema, ticket, request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let builder = query.into_builder(&self.sql_info);
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(format!("cannot build SqlInfo: {e}")))?;
+        Ok(Response::new(stream_batches(
+            schema,
+            futures::stream::once(async { Ok(batch) }),
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,221 @@
+//! Vigie's gRPC services for drones and dispatchers: `vigie.v1.Ingest` and `vigie.v1.Alerts`.
+//!
+//! ```text
+//! drone ─Write / WriteStream─▶ IngestService ─▶ engine::Tenant::write ─▶ WriteResponse
+//!                               (one response per request, in order)
+//! dispatcher ─Subscribe─▶ AlertsService (alerts come with the alerts release)
+//! ```
+//! Engine errors become `tonic::Status` in [`status_of`], the one place that decides codes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::server::NamedService;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::warn;
+use vigie_engine::{Engine, Error as EngineError};
+use vigie_proto::v1::alerts_server::{Alerts, AlertsServer};
+use vigie_proto::v1::ingest_server::{Ingest, IngestServer};
+use vigie_proto::v1::{Alert, SubscribeRequest, WriteRequest, WriteResponse};
+
+/// Default limit of one decoded `WriteRequest`, in bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The status a client sees for an engine error.
+pub fn status_of(error: &EngineError) -> Status {
+    match error {
+        EngineError::InvalidConfig(m) => Status::invalid_argument(m.clone()),
+        EngineError::Corrupt(_)
+        | EngineError::Arrow(_)
+        | EngineError::DataFusion(_)
+        | EngineError::Delta(_)
+        | EngineError::ObjectStore(_) => Status::internal(error.to_string()),
+    }
+}
+
+/// Implements `vigie.v1.Ingest` over the engine's default tenant.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    engine: Arc<Engine>,
+}
+
+impl IngestService {
+    /// A service writing into `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    /// The tonic server for this service, with `max_message_bytes` per request; oversized
+    /// requests get `RESOURCE_EXHAUSTED`.
+    pub fn into_server(self, max_message_bytes: usize) -> OversizeIsExhausted<IngestServer<Self>> {
+        OversizeIsExhausted(
+            IngestServer::new(self)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        )
+    }
+
+    fn write_one(&self, request: &WriteRequest) -> Result<WriteResponse, Status> {
+        self.engine
+            .default_tenant()
+            .write(request)
+            .map_err(|e| status_of(&e))
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        self.write_one(request.get_ref()).map(Response::new)
+    }
+
+    type WriteStreamStream =
+        Pin<Box<dyn Stream<Item = Result<WriteResponse, Status>> + Send + 'static>>;
+
+    async fn write_stream(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<Self::WriteStreamStream>, Status> {
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(message) = input.next().await {
+                let answer = match message {
+                    Ok(request) => this.write_one(&request),
+                    Err(status) => Err(oversize_as_exhausted(status)),
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Implements `vigie.v1.Alerts`; subscriptions arrive with the alerts release.
+#[derive(Debug, Clone, Default)]
+pub struct AlertsService;
+
+impl AlertsService {
+    /// The tonic server for this service.
+    pub fn into_server(self) -> AlertsServer<Self> {
+        AlertsServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Alerts for AlertsService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented(
+            "Alerts.Subscribe is not available yet in this version of Vigie",
+        ))
+    }
+}
+
+fn is_oversize(code: Code, message: &str) -> bool {
+    code == Code::OutOfRange && message.contains("message length too large")
+}
+
+fn oversize_as_exhausted(status: Status) -> Status {
+    if is_oversize(status.code(), status.message()) {
+        warn!(message = status.message(), "request over the size limit");
+        Status::resource_exhausted(format!(
+            "request too large: {}; send fewer reports per WriteRequest",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+/// Wraps a tonic server so that a request over the decoding limit is answered
+/// `RESOURCE_EXHAUSTED` (retry with a smaller batch) rather than tonic's `OUT_OF_RANGE`.
+#[derive(Debug, Clone)]
+pub struct OversizeIsExhausted<S>(S);
+
+impl<S: NamedService> NamedService for OversizeIsExhausted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for OversizeIsExhausted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            // A request rejected while decoding is answered trailers-only: status in the headers.
+            if let Some(status) = Status::from_header_map(response.headers())
+                && is_oversize(status.code(), status.message())
+            {
+                let fixed = oversize_as_exhausted(status);
+                let headers = response.headers_mut();
+                headers.insert("grpc-status", (fixed.code() as i32).into());
+                if let Ok(v) = http::HeaderValue::from_str(&percent_encode(fixed.message())) {
+                    headers.insert("grpc-message", v);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC spec asks (printable ASCII except `%` kept).
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_is_mapped() {
+        let s = Status::out_of_range(
+            "Error, decoded message length too large: found 5 bytes, the limit is: 4 bytes",
+        );
+        let m = oversize_as_exhausted(s);
+        assert_eq!(m.code(), Code::ResourceExhausted);
+        assert!(m.message().contains("send fewer reports"));
+        let other = oversize_as_exhausted(Status::out_of_range("seq"));
+        assert_eq!(other.code(), Code::OutOfRange);
+    }
+
+    #[test]
+    fn grpc_message_encoding() {
+        assert_eq!(percent_encode("a b%é"), "a b%25%C3%A9");
+    }
+}

@@ -1,0 +1,164 @@
+//! Vigie's SQL layer: a DataFusion session per tenant over its live tables.
+//!
+//! ```text
+//! SQL ─▶ SqlEngine::plan (read-only checks) ─▶ DataFrame ─▶ execute_stream ─▶ plain Arrow batches
+//!            catalog vigie.public: reports, alerts (LiveTableProvider: Delta files ∪ buffer)
+//!                                  sightings (view: one row per citizen of a report)
+//! ```
+//! Results use plain Arrow types (Utf8, not Utf8View or dictionaries) because Flight SQL clients such
+//! as the JDBC driver do not read the others: see [`plain_schema`].
+
+pub mod table;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use vigie_engine::Tenant;
+use vigie_engine::store::Lake;
+
+use crate::table::LiveTableProvider;
+
+/// The catalog every tenant's session shows.
+pub const CATALOG: &str = "vigie";
+/// The schema holding the tables.
+pub const SCHEMA: &str = "public";
+
+/// `sightings`: one row per citizen recognised in a report.
+const SIGHTINGS_VIEW: &str = "CREATE VIEW sightings AS \
+    SELECT drone_id, seq, time, latitude, longitude, \
+           arrow_cast(c['name'], 'Utf8') AS citizen, c['score'] AS score, day \
+    FROM (SELECT drone_id, seq, time, latitude, longitude, day, unnest(citizens) AS c FROM reports)";
+
+/// Errors of the SQL layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Planning or running a query failed; [`DataFusionError::find_root`] tells whose fault.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// The statement is not a query: Vigie's SQL is read-only.
+    #[error("{0}")]
+    ReadOnly(String),
+}
+
+/// The SQL layer's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One tenant's SQL session.
+#[derive(Clone)]
+pub struct SqlEngine {
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for SqlEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEngine")
+            .field("session_id", &self.ctx.session_id())
+            .finish()
+    }
+}
+
+impl SqlEngine {
+    /// A session over `tenant`'s tables in `lake`.
+    pub async fn new(tenant: Arc<Tenant>, lake: &Lake) -> Result<Self> {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_information_schema(true);
+        let options = config.options_mut();
+        options.execution.parquet.schema_force_view_types = false;
+        options.execution.parquet.pushdown_filters = true;
+        options.execution.parquet.reorder_filters = true;
+        options.sql_parser.map_string_types_to_utf8view = false;
+        let ctx = SessionContext::new_with_config(config);
+        let store_url = ObjectStoreUrl::parse(lake.root_url().as_str())?;
+        ctx.register_object_store(store_url.as_ref(), lake.root_store.clone());
+        for (name, table) in tenant.tables() {
+            ctx.register_table(
+                name,
+                Arc::new(LiveTableProvider::new(table.clone(), store_url.clone())),
+            )?;
+        }
+        ctx.sql(SIGHTINGS_VIEW).await?;
+        Ok(Self { ctx })
+    }
+
+    /// The underlying DataFusion session.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans a read-only statement (queries, `EXPLAIN`, `SHOW`, `DESCRIBE`).
+    pub async fn plan(&self, sql: &str) -> Result<DataFrame> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(Error::DataFusion)?;
+        options.verify_plan(&plan).map_err(|e| {
+            Error::ReadOnly(format!(
+                "Vigie's SQL is read-only: only queries are allowed ({})",
+                e.find_root()
+            ))
+        })?;
+        Ok(self.ctx.execute_logical_plan(plan).await?)
+    }
+}
+
+/// The type a result column is sent as: view and large strings become Utf8, dictionaries their
+/// values, recursively inside lists and structs.
+pub fn plain_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::Dictionary(_, value) => plain_type(value),
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => {
+            DataType::List(plain_field(f))
+        }
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(plain_field).collect()),
+        other => other.clone(),
+    }
+}
+
+fn plain_field(field: &FieldRef) -> FieldRef {
+    Arc::new(
+        Field::new(
+            field.name(),
+            plain_type(field.data_type()),
+            field.is_nullable(),
+        )
+        .with_metadata(field.metadata().clone()),
+    )
+}
+
+/// The schema of `schema` with [`plain_type`] applied to each column.
+pub fn plain_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema.fields().iter().map(plain_field).collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// Casts `batch` to `schema` (made by [`plain_schema`] from the batch's own schema).
+pub fn to_plain(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DataFusionError::from)?;
+    Ok(RecordBatch::try_new(schema.clone(), columns).map_err(DataFusionError::from)?)
+}
