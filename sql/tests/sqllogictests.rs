@@ -1,1 +1,205 @@
-fn main() {}
+//! Runs the `.slt` files under `tests/slt/` against a [`SqlEngine`] over a fixed data set, part of
+//! it committed to Delta (on an in-memory object store) and part still buffered, so every query
+//! also checks that the two halves are read together exactly once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::TryStreamExt;
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+use url::Url;
+use vigie_engine::store::Lake;
+use vigie_engine::{Engine, EngineArgs};
+use vigie_proto::Timestamp;
+use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
+use vigie_sql::SqlEngine;
+
+#[derive(Clone)]
+struct Db(SqlEngine);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct DbError(String);
+
+#[async_trait::async_trait]
+impl AsyncDB for Db {
+    type Error = DbError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
+        let frame = self.0.plan(sql).await.map_err(|e| DbError(e.to_string()))?;
+        let schema = frame.schema().as_arrow().clone();
+        let batches: Vec<RecordBatch> = frame
+            .execute_stream()
+            .await
+            .map_err(|e| DbError(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|e| DbError(e.to_string()))?;
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64 => DefaultColumnType::Integer,
+                DataType::Float32 | DataType::Float64 => DefaultColumnType::FloatingPoint,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    DefaultColumnType::Text
+                }
+                _ => DefaultColumnType::Any,
+            })
+            .collect();
+        let options = FormatOptions::default().with_null("NULL");
+        let mut rows = Vec::new();
+        for batch in &batches {
+            let formatters = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| DbError(e.to_string()))?;
+            for row in 0..batch.num_rows() {
+                rows.push(
+                    formatters
+                        .iter()
+                        .zip(batch.columns())
+                        .map(|(f, c)| {
+                            let s = f.value(row).to_string();
+                            if c.is_valid(row) && s.is_empty() {
+                                "(empty)".to_string()
+                            } else {
+                                s
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(DBOutput::Rows { types, rows })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "vigie"
+    }
+}
+
+fn report(
+    drone: &str,
+    seq: u64,
+    time: &str,
+    citizens: &[(&str, f64)],
+    words: &[&str],
+) -> DroneReport {
+    let t = chrono::DateTime::parse_from_rfc3339(time).expect("fixture time");
+    DroneReport {
+        drone_id: drone.into(),
+        seq,
+        time: Some(Timestamp {
+            seconds: t.timestamp(),
+            nanos: 0,
+        }),
+        latitude: 48.85 + seq as f64 / 100.0,
+        longitude: 2.35,
+        citizens: citizens
+            .iter()
+            .map(|(n, s)| Citizen {
+                name: (*n).into(),
+                score: *s,
+            })
+            .collect(),
+        words: words.iter().map(|w| (*w).to_string()).collect(),
+    }
+}
+
+async fn fixture() -> SqlEngine {
+    let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
+    let engine = Engine::open(EngineArgs {
+        lake,
+        flush_interval: Duration::from_secs(3600),
+        flush_rows: 1_000_000,
+        dedupe_window: Duration::from_secs(86_400),
+    })
+    .await
+    .unwrap();
+    let tenant = engine.default_tenant();
+    let first = WriteRequest {
+        reports: vec![
+            report(
+                "a",
+                1,
+                "2026-01-01T10:00:00Z",
+                &[("Ana", 12.5), ("Bruno", 80.0)],
+                &["emeute", "feu"],
+            ),
+            report("a", 2, "2026-01-01T10:01:00Z", &[], &[]),
+            report(
+                "b",
+                1,
+                "2026-01-02T08:00:00Z",
+                &[("Chloé", 55.0)],
+                &["calme"],
+            ),
+        ],
+    };
+    assert_eq!(tenant.write(&first).unwrap().accepted, 3);
+    assert_eq!(engine.flush_all().await.unwrap(), 3);
+    let second = WriteRequest {
+        reports: vec![
+            report(
+                "b",
+                2,
+                "2026-01-02T08:01:00Z",
+                &[("Ana", 19.9), ("David", 70.0)],
+                &["police"],
+            ),
+            report("c", 7, "2026-01-03T00:00:00Z", &[("Emma", 99.0)], &[]),
+            report("a", 1, "2026-01-01T10:00:00Z", &[], &[]),
+        ],
+    };
+    let answer = tenant.write(&second).unwrap();
+    assert_eq!((answer.accepted, answer.duplicates), (2, 1));
+    SqlEngine::new(tenant, engine.lake()).await.unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let db = Db(fixture().await);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    let mut failed = 0;
+    for file in &files {
+        let db = db.clone();
+        let mut runner = sqllogictest::Runner::new(move || {
+            let db = db.clone();
+            async move { Ok::<_, DbError>(db) }
+        });
+        match runner.run_file_async(file).await {
+            Ok(()) => println!("ok   {}", file.display()),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}\n{e}", file.display());
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} .slt files failed", files.len());
+        std::process::exit(1);
+    }
+}

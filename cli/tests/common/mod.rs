@@ -1,0 +1,165 @@
+//! Helpers for end-to-end tests: the real `vigie` binary on port 0 in a temp dir, real clients.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::util::pretty::pretty_format_batches;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+use vigie_proto::Timestamp;
+use vigie_proto::v1::ingest_client::IngestClient;
+use vigie_proto::v1::{Citizen, DroneReport};
+
+/// A running `vigie serve`, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `vigie serve` on 127.0.0.1:0 with `data_dir` and extra arguments, and waits for its
+    /// `listening on` line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vigie");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on grpc://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn ingest(&self) -> IngestClient<Channel> {
+        IngestClient::new(self.channel().await)
+    }
+
+    /// Runs `sql` through Flight SQL and returns the batches.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, FlightError> {
+        let mut client = FlightSqlServiceClient::new(self.channel().await);
+        let info = client.execute(sql.to_string(), None).await?;
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.expect("ticket");
+            let stream = client.do_get(ticket).await?;
+            let mut part: Vec<RecordBatch> = stream.try_collect().await?;
+            batches.append(&mut part);
+        }
+        Ok(batches)
+    }
+
+    /// Runs `sql` and pretty-prints the result.
+    pub async fn table(&self, sql: &str) -> String {
+        let batches = self.query(sql).await.expect("query");
+        pretty_format_batches(&batches).unwrap().to_string()
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most 60 s).
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let began = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "vigie did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A valid report of `drone` at minute `seq` of 2026-01-01, with the given citizens.
+pub fn report(drone: &str, seq: u64, citizens: &[(&str, f64)]) -> DroneReport {
+    DroneReport {
+        drone_id: drone.into(),
+        seq,
+        time: Some(Timestamp {
+            seconds: 1_767_225_600 + seq as i64 * 60,
+            nanos: 0,
+        }),
+        latitude: 48.85,
+        longitude: 2.35,
+        citizens: citizens
+            .iter()
+            .map(|(n, s)| Citizen {
+                name: (*n).into(),
+                score: *s,
+            })
+            .collect(),
+        words: vec!["calme".into()],
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then runs
+# formatting and lint checks, Rust unit/integration/sqllogictest tests, and the end-to-end tests
+# with real clients (ADBC Flight SQL, DuckDB, deltalake) against the real binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "Python test environment (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration, sqllogictest)"
+cargo test --workspace --locked
+
+step "end-to-end tests (pytest)"
+VIGIE_BIN="$CARGO_TARGET_DIR/debug/vigie" .venv/bin/pytest -q -W "ignore:Cannot disable autocommit" tests/e2e
+
+step "all tests passed"

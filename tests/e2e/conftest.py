@@ -1,0 +1,70 @@
+"""Fixtures: the real `vigie` binary on port 0 in a temp dir, and its simulator."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def vigie_bin() -> str:
+    path = os.environ.get("VIGIE_BIN")
+    if path:
+        return path
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    return str(Path(target) / "debug" / "vigie")
+
+
+class Vigie:
+    """A running `vigie serve`; stopped with SIGTERM (graceful) or killed at teardown."""
+
+    def __init__(self, data_dir: Path, *args: str):
+        self.data_dir = data_dir
+        self.args = args
+        self.proc = subprocess.Popen(
+            [vigie_bin(), "serve", "--data-dir", str(data_dir), "--grpc-addr", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        prefix = "listening on grpc://"
+        assert line.startswith(prefix), f"unexpected first line {line!r}"
+        self.addr = line[len(prefix):]
+
+    @property
+    def uri(self) -> str:
+        return f"grpc://{self.addr}"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def start_vigie(tmp_path):
+    started = []
+
+    def start(*args: str, data_dir: Path | None = None) -> Vigie:
+        v = Vigie(data_dir or tmp_path / "data", *args)
+        started.append(v)
+        return v
+
+    yield start
+    for v in started:
+        v.kill()
+
+
+def simulate(target: str | None, *args: str) -> str:
+    cmd = [vigie_bin(), "simulate", *args]
+    if target:
+        cmd += ["--target", target]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out.stdout
