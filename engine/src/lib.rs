@@ -287,7 +287,9 @@ impl Engine {
     pub fn start_flusher(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<Result<()>> {
         let engine = self.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(engine.args.flush_interval);
+            let period = engine.args.flush_interval;
+            // The first flush is one period after start, not at once.
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
