@@ -41,6 +41,34 @@ pub(crate) struct ServeArgs {
     /// How long a graceful shutdown waits for open streams before flushing [default: 10s].
     #[arg(long, env = "VIGIE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub(crate) shutdown_timeout: Option<Duration>,
+    /// Write-ahead log: `fsync` (every acknowledged report is on disk) or `off` (benchmarks only:
+    /// a crash loses the unflushed reports) [default: fsync].
+    #[arg(long, env = "VIGIE_WAL")]
+    pub(crate) wal: Option<WalSetting>,
+    /// Directory of the write-ahead log [default: <data-dir>/wal].
+    #[arg(long, env = "VIGIE_WAL_DIR")]
+    pub(crate) wal_dir: Option<PathBuf>,
+    /// How long WAL records may gather before one write + fsync [default: 0s: records arriving
+    /// during an fsync share the next one].
+    #[arg(long, env = "VIGIE_WAL_MAX_DELAY", value_parser = humantime::parse_duration)]
+    pub(crate) wal_max_delay: Option<Duration>,
+    /// WAL segment size before a new segment starts [default: 67108864].
+    #[arg(long, env = "VIGIE_WAL_SEGMENT_BYTES")]
+    pub(crate) wal_segment_bytes: Option<u64>,
+    /// Refuse writes (RESOURCE_EXHAUSTED) while this many bytes wait for the object store
+    /// [default: a quarter of the machine's memory].
+    #[arg(long, env = "VIGIE_MAX_BUFFER_BYTES")]
+    pub(crate) max_buffer_bytes: Option<usize>,
+}
+
+/// The `--wal` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WalSetting {
+    /// Every accepted report is fsynced before it is acknowledged.
+    Fsync,
+    /// No log (benchmarks only).
+    Off,
 }
 
 /// The TOML file: the same names as the command-line options, with `_` for `-`.
@@ -58,6 +86,12 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     shutdown_timeout: Option<Duration>,
+    wal: Option<WalSetting>,
+    wal_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    wal_max_delay: Option<Duration>,
+    wal_segment_bytes: Option<u64>,
+    max_buffer_bytes: Option<usize>,
 }
 
 /// The resolved configuration of `vigie serve`.
@@ -71,6 +105,11 @@ pub(crate) struct Config {
     pub(crate) dedupe_window: Duration,
     pub(crate) max_message_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
+    /// `None` when the WAL is off.
+    pub(crate) wal_dir: Option<PathBuf>,
+    pub(crate) wal_max_delay: Duration,
+    pub(crate) wal_segment_bytes: u64,
+    pub(crate) max_buffer_bytes: usize,
 }
 
 impl Config {
@@ -95,7 +134,6 @@ impl Config {
                 .map_err(|()| anyhow::anyhow!("data dir {} is not absolute", data_dir.display()))?,
         };
         let config = Self {
-            data_dir,
             object_store,
             grpc_addr: args
                 .grpc_addr
@@ -118,7 +156,34 @@ impl Config {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(Duration::from_secs(10)),
+            wal_dir: match args.wal.or(file.wal).unwrap_or(WalSetting::Fsync) {
+                WalSetting::Off => None,
+                WalSetting::Fsync => Some(
+                    args.wal_dir
+                        .or(file.wal_dir)
+                        .unwrap_or_else(|| data_dir.join("wal")),
+                ),
+            },
+            wal_max_delay: args
+                .wal_max_delay
+                .or(file.wal_max_delay)
+                .unwrap_or(Duration::ZERO),
+            wal_segment_bytes: args
+                .wal_segment_bytes
+                .or(file.wal_segment_bytes)
+                .unwrap_or(64 << 20),
+            max_buffer_bytes: args
+                .max_buffer_bytes
+                .or(file.max_buffer_bytes)
+                .unwrap_or_else(default_max_buffer_bytes),
+            data_dir,
         };
+        if config.wal_segment_bytes < 4096 {
+            bail!("--wal-segment-bytes must be at least 4096");
+        }
+        if config.max_buffer_bytes < 1 << 20 {
+            bail!("--max-buffer-bytes must be at least 1048576 (1 MiB)");
+        }
         if config.flush_interval.is_zero() {
             bail!("--flush-interval must be longer than 0");
         }
@@ -130,6 +195,16 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A quarter of the machine's memory (from /proc/meminfo), or 2 GiB when unknown.
+fn default_max_buffer_bytes() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
+    total_kib.map_or(2 << 30, |kib| kib * 1024 / 4)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -176,6 +251,8 @@ mod tests {
         assert_eq!(c.dedupe_window, Duration::from_secs(86_400));
         assert!(c.object_store.as_str().starts_with("file:///"));
         assert!(c.object_store.as_str().ends_with("/data/lake/"));
+        assert_eq!(c.wal_dir, Some(c.data_dir.join("wal")));
+        assert!(c.max_buffer_bytes >= 1 << 20);
     }
 
     #[test]

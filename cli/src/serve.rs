@@ -12,7 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use vigie_engine::store::Lake;
-use vigie_engine::{Engine, EngineArgs};
+use vigie_engine::{Engine, EngineArgs, WalMode};
 use vigie_flight_server::VigieFlightSql;
 use vigie_ingest::{AlertsService, IngestService};
 use vigie_sql::SqlEngine;
@@ -29,6 +29,15 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             flush_interval: config.flush_interval,
             flush_rows: config.flush_rows,
             dedupe_window: config.dedupe_window,
+            wal: match &config.wal_dir {
+                None => WalMode::Off,
+                Some(dir) => WalMode::Local {
+                    dir: dir.clone(),
+                    segment_bytes: config.wal_segment_bytes,
+                    max_delay: config.wal_max_delay,
+                },
+            },
+            max_buffer_bytes: config.max_buffer_bytes,
         })
         .await
         .context("cannot open the tables")?,
@@ -88,11 +97,24 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         }
     }
     stop_flushing.cancel();
-    flusher
-        .await
-        .context("flusher task failed")?
-        .context("final flush failed")?;
-    info!("stopped");
+    let flushed = match tokio::time::timeout(config.shutdown_timeout, flusher).await {
+        Ok(joined) => joined
+            .context("flusher task failed")?
+            .context("final flush failed"),
+        Err(_) => Err(anyhow::anyhow!(
+            "final flush did not finish within {:?}",
+            config.shutdown_timeout
+        )),
+    };
+    match (flushed, &config.wal_dir) {
+        (Ok(()), _) => info!("stopped"),
+        (Err(e), Some(wal)) => warn!(
+            error = %format!("{e:#}"),
+            wal = %wal.display(),
+            "stopped without the final flush; the WAL keeps every acknowledged report for the next start"
+        ),
+        (Err(e), None) => return Err(e.context("buffered reports are lost (--wal off)")),
+    }
     Ok(())
 }
 

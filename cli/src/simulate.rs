@@ -5,8 +5,10 @@
 //! Drones drift around Paris; each report names 0–3 citizens with scores in [0, 100], about 1 % of
 //! reports holding a score under 20, and 0–4 words from a small vocabulary.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -182,11 +184,13 @@ fn to_json(report: &DroneReport) -> serde_json::Value {
     })
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Totals {
     accepted: u64,
     duplicates: u64,
     rejected: u64,
+    /// Request-to-acknowledgement latency of every request, in microseconds.
+    latencies_us: Vec<u64>,
 }
 
 pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
@@ -240,7 +244,9 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     let mut tasks = Vec::with_capacity(args.streams);
     for _ in 0..args.streams {
         let (tx, rx) = mpsc::channel::<WriteRequest>(8);
-        senders.push(tx);
+        // Send times of the requests not answered yet, in order (answers come back in order).
+        let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+        senders.push((tx, sent_at.clone()));
         let mut client = IngestClient::new(channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -252,6 +258,9 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
                 .context("WriteStream refused")?
                 .into_inner();
             while let Some(r) = responses.message().await.context("WriteStream failed")? {
+                if let Some(t) = sent_at.lock().expect("not poisoned").pop_front() {
+                    totals.latencies_us.push(t.elapsed().as_micros() as u64);
+                }
                 totals.accepted += u64::from(r.accepted);
                 totals.duplicates += u64::from(r.duplicates);
                 totals.rejected += r.rejected.len() as u64;
@@ -271,7 +280,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
                 let request = WriteRequest {
                     reports: std::mem::replace(&mut batch, Vec::with_capacity(args.batch)),
                 };
-                if senders[next_stream].send(request).await.is_err() {
+                if send(&senders[next_stream], request).await.is_err() {
                     break 'outer;
                 }
                 next_stream = (next_stream + 1) % senders.len();
@@ -281,9 +290,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     }
     if !batch.is_empty() {
         sent += batch.len() as u64;
-        let _ = senders[next_stream]
-            .send(WriteRequest { reports: batch })
-            .await;
+        let _ = send(&senders[next_stream], WriteRequest { reports: batch }).await;
     }
     drop(senders);
     let mut totals = Totals::default();
@@ -292,15 +299,43 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         totals.accepted += t.accepted;
         totals.duplicates += t.duplicates;
         totals.rejected += t.rejected;
+        totals.latencies_us.extend(t.latencies_us);
     }
     let elapsed = began.elapsed().as_secs_f64();
+    totals.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let l = &totals.latencies_us;
+        if l.is_empty() {
+            0.0
+        } else {
+            l[((l.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+        }
+    };
     println!(
-        "sent={sent} accepted={} duplicates={} rejected={} elapsed={elapsed:.3}s reports/s={:.0}",
+        "sent={sent} accepted={} duplicates={} rejected={} elapsed={elapsed:.3}s reports/s={:.0} \
+         ack_p50_ms={:.2} ack_p99_ms={:.2}",
         totals.accepted,
         totals.duplicates,
         totals.rejected,
-        sent as f64 / elapsed.max(1e-9)
+        sent as f64 / elapsed.max(1e-9),
+        pct(0.5),
+        pct(0.99),
     );
+    Ok(())
+}
+
+async fn send(
+    (tx, sent_at): &(mpsc::Sender<WriteRequest>, Arc<Mutex<VecDeque<Instant>>>),
+    request: WriteRequest,
+) -> Result<(), mpsc::error::SendError<WriteRequest>> {
+    let Ok(permit) = tx.reserve().await else {
+        return Err(mpsc::error::SendError(request));
+    };
+    sent_at
+        .lock()
+        .expect("not poisoned")
+        .push_back(Instant::now());
+    permit.send(request);
     Ok(())
 }
 

@@ -16,9 +16,12 @@ pub mod report;
 pub mod schema;
 pub mod store;
 pub mod table;
+pub mod wal;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -26,6 +29,7 @@ use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::TryStreamExt;
 use parking_lot::Mutex;
+use prost::Message;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +41,7 @@ use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::store::{Lake, TenantName};
 use crate::table::{LiveTable, TableSnapshot};
+use crate::wal::{LocalWal, LocalWalArgs, VolatileWal, Wal, WalPosition, WalRecord};
 
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,12 @@ pub enum Error {
     /// An Arrow operation failed (a bug if it happens on validated input).
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The write-ahead log failed: the write is not acknowledged.
+    #[error("write-ahead log: {0}")]
+    Wal(String),
+    /// Too much is buffered (the object store is slow or unreachable): retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Stored Parquet files could not be read back.
     #[error("reading stored data: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
@@ -76,6 +87,26 @@ pub struct EngineArgs {
     /// `(drone_id, seq)` dedupe is exact for reports within this much report time of their drone's
     /// newest report.
     pub dedupe_window: Duration,
+    /// How accepted reports are made durable before they are acknowledged.
+    pub wal: WalMode,
+    /// Writes are refused (`Overloaded`) while the buffers hold this many bytes.
+    pub max_buffer_bytes: usize,
+}
+
+/// Where the write-ahead log lives.
+#[derive(Debug, Clone)]
+pub enum WalMode {
+    /// No log: acknowledged reports not yet flushed are lost in a crash (benchmarks only).
+    Off,
+    /// Segment files under `dir/<tenant>/`, fsynced before each acknowledgement.
+    Local {
+        /// The WAL root directory.
+        dir: PathBuf,
+        /// Segment size before a new one starts.
+        segment_bytes: u64,
+        /// How long records may gather before one write + fsync.
+        max_delay: Duration,
+    },
 }
 
 /// One tenant's tables and dedupe state.
@@ -85,8 +116,30 @@ pub struct Tenant {
     tables: BTreeMap<&'static str, Arc<LiveTable>>,
     reports: Arc<LiveTable>,
     dedupe: Mutex<DedupeIndex>,
+    wal: Box<dyn Wal>,
+    /// Delta transaction id recording which WAL positions a commit covers.
+    wal_app_id: String,
     flush_rows: usize,
     flush_now: Arc<Notify>,
+    gauge: Arc<AtomicUsize>,
+    max_buffer_bytes: usize,
+}
+
+/// A write whose reports are buffered and logged; [`PendingWrite::durable`] waits for the log.
+#[derive(Debug)]
+#[must_use = "the write is acknowledged only once durable"]
+pub struct PendingWrite<'a> {
+    tenant: &'a Tenant,
+    position: WalPosition,
+    response: WriteResponse,
+}
+
+impl PendingWrite<'_> {
+    /// Waits until the write's WAL record (and every earlier one) is on disk.
+    pub async fn durable(self) -> Result<WriteResponse> {
+        self.tenant.wal.sync(self.position).await?;
+        Ok(self.response)
+    }
 }
 
 impl Tenant {
@@ -105,9 +158,24 @@ impl Tenant {
         self.tables[table.name()].snapshot()
     }
 
-    /// Validates, dedupes and buffers a request's reports; the answer lists the rejected ones by
-    /// index. Accepted reports are visible to queries when this returns.
-    pub fn write(&self, request: &WriteRequest) -> Result<WriteResponse> {
+    /// Validates, dedupes, buffers and logs a request's reports, and waits until they are durable.
+    /// The answer lists the rejected ones by index. Accepted reports are visible to queries as soon
+    /// as they are buffered.
+    pub async fn write(&self, request: &WriteRequest) -> Result<WriteResponse> {
+        self.write_buffered(request)?.durable().await
+    }
+
+    /// The synchronous part of [`Tenant::write`]: everything but waiting for the WAL fsync, so that a
+    /// stream can pipeline its requests while keeping their order.
+    pub fn write_buffered(&self, request: &WriteRequest) -> Result<PendingWrite<'_>> {
+        let buffered = self.gauge.load(Ordering::Relaxed);
+        if buffered >= self.max_buffer_bytes {
+            return Err(Error::Overloaded(format!(
+                "{buffered} bytes are waiting to be written to the object store (limit {}); \
+                 the store is slow or unreachable: retry later",
+                self.max_buffer_bytes
+            )));
+        }
         let received_at = chrono::Utc::now().timestamp_micros();
         let mut rejected = Vec::new();
         let mut valid = Vec::with_capacity(request.reports.len());
@@ -121,32 +189,75 @@ impl Tenant {
             }
         }
         let mut duplicates = 0u32;
-        let accepted;
+        let mut accepted = 0u32;
+        let position;
         {
-            // Dedupe and buffer under one lock: a concurrent retry of the same report is a
-            // duplicate only once the original is visible in the buffer.
+            // Dedupe, log and buffer under one lock: WAL positions follow buffer order, and a
+            // concurrent retry of a report is a duplicate only once the original is buffered and
+            // logged (it then waits for the same fsync).
             let mut dedupe = self.dedupe.lock();
             let mut builder = ReportBatchBuilder::with_capacity(valid.len());
+            let mut payload = Vec::new();
             for v in &valid {
                 if dedupe.insert(&v.report.drone_id, v.report.seq, v.time_micros) {
                     builder.append(v, received_at);
+                    prost::encoding::message::encode(1, v.report, &mut payload);
+                    accepted += 1;
                 } else {
                     duplicates += 1;
                 }
             }
-            accepted = builder.len() as u32;
             if accepted > 0 {
-                self.reports.push(builder.finish()?);
+                position = self.wal.append(received_at, &payload)?;
+                self.reports.push(builder.finish()?, position);
+            } else {
+                position = self.wal.last_position();
             }
         }
         if self.reports.buffered().0 >= self.flush_rows {
             self.flush_now.notify_one();
         }
-        Ok(WriteResponse {
-            accepted,
-            duplicates,
-            rejected,
+        Ok(PendingWrite {
+            tenant: self,
+            position,
+            response: WriteResponse {
+                accepted,
+                duplicates,
+                rejected,
+            },
         })
+    }
+
+    /// Puts the WAL records that no Delta commit covers back into the buffer.
+    fn replay(&self, records: Vec<WalRecord>) -> Result<()> {
+        let mut dedupe = self.dedupe.lock();
+        let mut rows = 0;
+        for record in records {
+            let request = WriteRequest::decode(record.payload.as_ref()).map_err(|e| {
+                Error::Corrupt(format!(
+                    "WAL record {} is not a WriteRequest: {e}",
+                    record.position
+                ))
+            })?;
+            let mut builder = ReportBatchBuilder::with_capacity(request.reports.len());
+            for report in &request.reports {
+                let v = validate(report).map_err(|reason| {
+                    Error::Corrupt(format!(
+                        "WAL record {} holds an invalid report: {reason}",
+                        record.position
+                    ))
+                })?;
+                if dedupe.insert(&report.drone_id, report.seq, v.time_micros) {
+                    builder.append(&v, record.received_at);
+                }
+            }
+            rows += builder.len();
+            if !builder.is_empty() {
+                self.reports.push(builder.finish()?, record.position);
+            }
+        }
+        info!(tenant = %self.name, rows, "replayed the WAL into the buffer");
+        Ok(())
     }
 
     /// Rebuilds the dedupe index from the reports stored within the window.
@@ -224,24 +335,55 @@ impl Engine {
             ));
         }
         let flush_now = Arc::new(Notify::new());
+        let gauge = Arc::new(AtomicUsize::new(0));
+        let writer_id = match &args.wal {
+            WalMode::Off => "volatile".to_string(),
+            WalMode::Local { dir, .. } => writer_id(dir)?,
+        };
         let mut tenants = BTreeMap::new();
         for name in [TenantName::default_tenant()] {
             let mut tables = BTreeMap::new();
             for kind in TableKind::ALL {
-                let table = LiveTable::open(&args.lake, &name, kind).await?;
+                let table = LiveTable::open(&args.lake, &name, kind, gauge.clone()).await?;
                 tables.insert(kind.name(), Arc::new(table));
             }
+            let reports = tables[TableKind::Reports.name()].clone();
+            let wal_app_id = format!("vigie-wal-{writer_id}");
+            let committed = reports.committed_wal_position(&wal_app_id).await?;
+            let (wal, replay): (Box<dyn Wal>, Vec<WalRecord>) = match &args.wal {
+                WalMode::Off => (Box::new(VolatileWal::new(committed)), Vec::new()),
+                WalMode::Local {
+                    dir,
+                    segment_bytes,
+                    max_delay,
+                } => {
+                    let (wal, replay) = LocalWal::open(LocalWalArgs {
+                        dir: dir.join(name.as_str()),
+                        segment_bytes: *segment_bytes,
+                        max_delay: *max_delay,
+                        after: committed,
+                    })?;
+                    (Box::new(wal), replay)
+                }
+            };
             let tenant = Tenant {
                 name: name.clone(),
-                reports: tables[TableKind::Reports.name()].clone(),
+                reports,
                 tables,
                 dedupe: Mutex::new(DedupeIndex::default()),
+                wal,
+                wal_app_id,
                 flush_rows: args.flush_rows,
                 flush_now: flush_now.clone(),
+                gauge: gauge.clone(),
+                max_buffer_bytes: args.max_buffer_bytes,
             };
             tenant
                 .rebuild_dedupe(&args.lake, window_micros(args.dedupe_window))
                 .await?;
+            if !replay.is_empty() {
+                tenant.replay(replay)?;
+            }
             tenants.insert(name, Arc::new(tenant));
         }
         Ok(Self {
@@ -272,7 +414,11 @@ impl Engine {
         let mut rows = 0;
         for tenant in self.tenants.values() {
             for table in tenant.tables.values() {
-                rows += table.flush(&self.args.lake).await?.rows;
+                let outcome = table.flush(&self.args.lake, &tenant.wal_app_id).await?;
+                rows += outcome.rows;
+                if let Some(position) = outcome.wal_position {
+                    tenant.wal.truncate(position).await?;
+                }
             }
             tenant
                 .dedupe
@@ -291,28 +437,56 @@ impl Engine {
             // The first flush is one period after start, not at once.
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut backoff = Duration::from_secs(1);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = ticker.tick() => {}
                     _ = engine.flush_now.notified() => {}
                 }
-                if let Err(e) = engine.flush_all().await {
-                    error!(error = %e, "flush failed; the rows stay buffered and are retried");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                match engine.flush_all().await {
+                    Ok(_) => backoff = Duration::from_secs(1),
+                    Err(e) => {
+                        error!(error = %e, retry_in = ?backoff, "flush failed; the rows stay buffered (and in the WAL) and are retried");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_FLUSH_BACKOFF);
                     }
                 }
             }
             info!("flushing before shutdown");
             let rows = engine.flush_all().await.inspect_err(|e| {
-                warn!(error = %e, "final flush failed; buffered rows are lost");
+                warn!(error = %e, "final flush failed; the WAL keeps the rows for the next start");
             })?;
             info!(rows, "final flush done");
             Ok(())
         })
     }
+}
+
+/// Longest wait between two attempts of a failing flush.
+const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The id of this WAL directory's writer, made once and kept in `<dir>/writer-id`: Delta commits
+/// record WAL positions under it, so several servers (each with its own WAL) can share a table.
+fn writer_id(dir: &std::path::Path) -> Result<String> {
+    let path = dir.join("writer-id");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Wal(format!("cannot create {}: {e}", dir.display())))?;
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = dir.join("writer-id.tmp");
+    std::fs::write(&tmp, &id)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::Wal(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
 }
 
 fn window_micros(window: Duration) -> i64 {

@@ -131,17 +131,27 @@ impl Lake {
         url
     }
 
-    /// Opens the lake at `url` (`file://`, `memory://`, `s3://`, `gs://`, `az://`/`abfs://`).
-    ///
-    /// Cloud credentials and endpoints come from the standard environment variables
-    /// (`AWS_*` incl. `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`).
-    pub fn open(url: &Url) -> Result<Self> {
+    /// A lake on a store built elsewhere (a wrapper adding faults, metrics or caching): `root_store`
+    /// is the root of `url`'s scheme and authority, the lake is at `url`'s path inside it.
+    pub fn from_store(root_store: Arc<dyn ObjectStore>, url: &Url) -> Result<Self> {
         let mut url = url.clone();
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
         let prefix = Path::from_url_path(url.path())
             .map_err(|e| Error::InvalidConfig(format!("invalid path in {url}: {e}")))?;
+        Ok(Self {
+            root_store,
+            prefix,
+            url,
+        })
+    }
+
+    /// Opens the lake at `url` (`file://`, `memory://`, `s3://`, `gs://`, `az://`/`abfs://`).
+    ///
+    /// Cloud credentials and endpoints come from the standard environment variables
+    /// (`AWS_*` incl. `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`).
+    pub fn open(url: &Url) -> Result<Self> {
         let root_store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
                 let dir = url.to_file_path().map_err(|()| {
@@ -170,11 +180,7 @@ impl Lake {
                 )));
             }
         };
-        Ok(Self {
-            root_store,
-            prefix,
-            url,
-        })
+        Self::from_store(root_store, url)
     }
 }
 

@@ -11,13 +11,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use chrono::NaiveDate;
 use deltalake::DeltaTable;
-use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
 use deltalake::logstore::{StorageConfig, default_logstore};
 use deltalake::protocol::SaveMode;
 use futures::TryStreamExt;
@@ -29,6 +31,7 @@ use tracing::{debug, info};
 
 use crate::schema::{DAY_COLUMN, TableKind};
 use crate::store::{Lake, TablePath, TenantName, table_path};
+use crate::wal::WalPosition;
 use crate::{Error, Result};
 
 /// One Parquet file of a committed Delta version.
@@ -61,6 +64,8 @@ pub struct TableSnapshot {
 struct Chunk {
     id: u64,
     batch: RecordBatch,
+    /// WAL position of the record the rows came from (0: not logged).
+    wal_position: WalPosition,
 }
 
 #[derive(Debug)]
@@ -81,6 +86,8 @@ pub struct LiveTable {
     state: RwLock<State>,
     /// The Delta table handle at the last commit; held by the one flush in progress.
     delta: tokio::sync::Mutex<DeltaTable>,
+    /// Bytes buffered by every table of the engine, for the memory limit.
+    gauge: Arc<AtomicUsize>,
 }
 
 /// How many rows one flush committed, and at which version.
@@ -90,11 +97,18 @@ pub struct FlushOutcome {
     pub rows: usize,
     /// The Delta version committed (unchanged when nothing was buffered).
     pub version: Option<u64>,
+    /// The WAL position the commit covers (records up to it are in Delta), if it covers any.
+    pub wal_position: Option<WalPosition>,
 }
 
 impl LiveTable {
     /// Opens the table, creating an empty Delta table (partitioned by `day`) when none exists.
-    pub async fn open(lake: &Lake, tenant: &TenantName, kind: TableKind) -> Result<Self> {
+    pub async fn open(
+        lake: &Lake,
+        tenant: &TenantName,
+        kind: TableKind,
+        gauge: Arc<AtomicUsize>,
+    ) -> Result<Self> {
         let path = table_path(tenant, kind);
         let delta = open_or_create_delta(lake, &path, kind).await?;
         let files = list_files(lake, &path, &delta)?;
@@ -115,7 +129,21 @@ impl LiveTable {
                 buffered_bytes: 0,
             }),
             delta: tokio::sync::Mutex::new(delta),
+            gauge,
         })
+    }
+
+    /// The last WAL position a commit of `app_id` recorded (0 if none): records up to it are
+    /// already in Delta and must not be replayed.
+    pub async fn committed_wal_position(&self, app_id: &str) -> Result<WalPosition> {
+        let delta = self.delta.lock().await;
+        let Ok(state) = delta.snapshot() else {
+            return Ok(0);
+        };
+        let version = state
+            .transaction_version(delta.log_store().as_ref(), app_id)
+            .await?;
+        Ok(version.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
     }
 
     /// Which table this is.
@@ -124,17 +152,31 @@ impl LiveTable {
     }
 
     /// Appends a batch of the table's schema to the buffer; visible to the next snapshot.
-    pub fn push(&self, batch: RecordBatch) {
+    ///
+    /// `wal_position` is the WAL record the rows came from; positions must not decrease from one
+    /// push to the next (the caller pushes in the critical section that appends to the WAL).
+    pub fn push(&self, batch: RecordBatch, wal_position: WalPosition) {
         if batch.num_rows() == 0 {
             return;
         }
         debug_assert_eq!(batch.schema(), self.kind.schema());
+        let bytes = batch.get_array_memory_size();
         let mut s = self.state.write();
+        debug_assert!(
+            s.chunks
+                .back()
+                .is_none_or(|c| c.wal_position <= wal_position)
+        );
         s.buffered_rows += batch.num_rows();
-        s.buffered_bytes += batch.get_array_memory_size();
+        s.buffered_bytes += bytes;
+        self.gauge.fetch_add(bytes, Ordering::Relaxed);
         let id = s.next_chunk;
         s.next_chunk += 1;
-        s.chunks.push_back(Chunk { id, batch });
+        s.chunks.push_back(Chunk {
+            id,
+            batch,
+            wal_position,
+        });
     }
 
     /// Rows and bytes held in the buffer.
@@ -154,33 +196,44 @@ impl LiveTable {
         }
     }
 
-    /// Writes the buffered rows as Parquet and commits them as one Delta version.
+    /// Writes the buffered rows as Parquet and commits them as one Delta version, recording in the
+    /// same commit (as Delta transaction `app_id`) the WAL position it covers.
     ///
     /// On error nothing is dropped from the buffer: the next flush retries the same rows.
-    pub async fn flush(&self, lake: &Lake) -> Result<FlushOutcome> {
+    pub async fn flush(&self, lake: &Lake, app_id: &str) -> Result<FlushOutcome> {
         let mut delta = self.delta.lock().await;
-        let (last_id, batches) = {
+        let (last_id, wal_position, batches) = {
             let s = self.state.read();
             match s.chunks.back() {
                 None => {
                     return Ok(FlushOutcome {
                         rows: 0,
                         version: s.version,
+                        wal_position: None,
                     });
                 }
                 Some(last) => (
                     last.id,
+                    last.wal_position,
                     s.chunks.iter().map(|c| c.batch.clone()).collect::<Vec<_>>(),
                 ),
             }
         };
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        let mut commit = CommitProperties::default();
+        if wal_position > 0 {
+            commit = commit.with_application_transaction(Transaction::new(
+                app_id,
+                i64::try_from(wal_position).unwrap_or(i64::MAX),
+            ));
+        }
         let written = delta
             .clone()
             .write(batches)
             .with_save_mode(SaveMode::Append)
             .with_partition_columns([DAY_COLUMN])
             .with_writer_properties(writer_properties())
+            .with_commit_properties(commit)
             .await?;
         let path = table_path(&self.tenant, self.kind);
         let files = list_files(lake, &path, &written)?;
@@ -191,13 +244,19 @@ impl LiveTable {
             s.files = files;
             while s.chunks.front().is_some_and(|c| c.id <= last_id) {
                 let c = s.chunks.pop_front().expect("checked non-empty");
+                let bytes = c.batch.get_array_memory_size();
                 s.buffered_rows -= c.batch.num_rows();
-                s.buffered_bytes -= c.batch.get_array_memory_size();
+                s.buffered_bytes -= bytes;
+                self.gauge.fetch_sub(bytes, Ordering::Relaxed);
             }
         }
         *delta = written;
         debug!(tenant = %self.tenant, table = self.kind.name(), rows, ?version, "flushed");
-        Ok(FlushOutcome { rows, version })
+        Ok(FlushOutcome {
+            rows,
+            version,
+            wal_position: (wal_position > 0).then_some(wal_position),
+        })
     }
 }
 

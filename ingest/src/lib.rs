@@ -11,13 +11,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
-use vigie_engine::{Engine, Error as EngineError};
+use vigie_engine::{Engine, Error as EngineError, Tenant};
 use vigie_proto::v1::alerts_server::{Alerts, AlertsServer};
 use vigie_proto::v1::ingest_server::{Ingest, IngestServer};
 use vigie_proto::v1::{Alert, SubscribeRequest, WriteRequest, WriteResponse};
@@ -29,6 +30,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub fn status_of(error: &EngineError) -> Status {
     match error {
         EngineError::InvalidConfig(m) => Status::invalid_argument(m.clone()),
+        EngineError::Overloaded(_) => Status::resource_exhausted(error.to_string()),
+        EngineError::Wal(_) => Status::unavailable(format!(
+            "{error}; the reports of this request are not acknowledged, retry"
+        )),
         EngineError::Corrupt(_)
         | EngineError::Arrow(_)
         | EngineError::DataFusion(_)
@@ -58,12 +63,17 @@ impl IngestService {
                 .max_encoding_message_size(max_message_bytes),
         )
     }
+}
 
-    fn write_one(&self, request: &WriteRequest) -> Result<WriteResponse, Status> {
-        self.engine
-            .default_tenant()
-            .write(request)
-            .map_err(|e| status_of(&e))
+/// Requests of one stream buffered while earlier ones wait for their fsync.
+const MAX_IN_FLIGHT_PER_STREAM: usize = 16;
+
+type Answer<'a> = Pin<Box<dyn Future<Output = Result<WriteResponse, Status>> + Send + 'a>>;
+
+fn answer<'a>(tenant: &'a Tenant, request: &WriteRequest) -> Answer<'a> {
+    match tenant.write_buffered(request) {
+        Ok(pending) => Box::pin(async move { pending.durable().await.map_err(|e| status_of(&e)) }),
+        Err(e) => Box::pin(std::future::ready(Err(status_of(&e)))),
     }
 }
 
@@ -73,28 +83,44 @@ impl Ingest for IngestService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        self.write_one(request.get_ref()).map(Response::new)
+        let tenant = self.engine.default_tenant();
+        answer(&tenant, request.get_ref()).await.map(Response::new)
     }
 
     type WriteStreamStream =
         Pin<Box<dyn Stream<Item = Result<WriteResponse, Status>> + Send + 'static>>;
 
+    /// Requests are validated and buffered as they arrive; their answers wait for the WAL fsync
+    /// and go back in request order. The stream ends after the first failed request.
     async fn write_stream(
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
         let mut input = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
+        let tenant = self.engine.default_tenant();
         tokio::spawn(async move {
-            while let Some(message) = input.next().await {
-                let answer = match message {
-                    Ok(request) => this.write_one(&request),
-                    Err(status) => Err(oversize_as_exhausted(status)),
-                };
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    break;
+            let mut in_flight: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
+            let mut input_done = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                        let failed = result.is_err();
+                        if tx.send(result).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                    message = input.next(), if !input_done && in_flight.len() < MAX_IN_FLIGHT_PER_STREAM => {
+                        match message {
+                            None => input_done = true,
+                            Some(Ok(request)) => in_flight.push_back(answer(&tenant, &request)),
+                            Some(Err(status)) => in_flight.push_back(Box::pin(std::future::ready(
+                                Err(oversize_as_exhausted(status)),
+                            ))),
+                        }
+                    }
+                    else => break,
                 }
             }
         });

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use url::Url;
 use vigie_engine::store::Lake;
-use vigie_engine::{Engine, EngineArgs};
+use vigie_engine::{Engine, EngineArgs, WalMode};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
 use vigie_sql::SqlEngine;
@@ -129,6 +129,8 @@ async fn fixture() -> SqlEngine {
         flush_interval: Duration::from_secs(3600),
         flush_rows: 1_000_000,
         dedupe_window: Duration::from_secs(86_400),
+        wal: WalMode::Off,
+        max_buffer_bytes: 1 << 30,
     })
     .await
     .unwrap();
@@ -152,7 +154,7 @@ async fn fixture() -> SqlEngine {
             ),
         ],
     };
-    assert_eq!(tenant.write(&first).unwrap().accepted, 3);
+    assert_eq!(tenant.write(&first).await.unwrap().accepted, 3);
     assert_eq!(engine.flush_all().await.unwrap(), 3);
     let second = WriteRequest {
         reports: vec![
@@ -167,7 +169,7 @@ async fn fixture() -> SqlEngine {
             report("a", 1, "2026-01-01T10:00:00Z", &[], &[]),
         ],
     };
-    let answer = tenant.write(&second).unwrap();
+    let answer = tenant.write(&second).await.unwrap();
     assert_eq!((answer.accepted, answer.duplicates), (2, 1));
     SqlEngine::new(tenant, engine.lake()).await.unwrap()
 }

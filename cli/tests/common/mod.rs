@@ -17,17 +17,25 @@ use vigie_proto::Timestamp;
 use vigie_proto::v1::ingest_client::IngestClient;
 use vigie_proto::v1::{Citizen, DroneReport};
 
-/// A running `vigie serve`, killed on drop.
+/// A running `vigie serve`, killed on drop. Its stderr goes to `<data_dir>.log` (appended), shown
+/// when a test fails.
 pub struct Server {
     child: Option<Child>,
     pub addr: String,
     pub data_dir: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Server {
     /// Starts `vigie serve` on 127.0.0.1:0 with `data_dir` and extra arguments, and waits for its
     /// `listening on` line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let log = data_dir.with_extension("log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the server log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
             .arg("serve")
             .arg("--data-dir")
@@ -35,7 +43,7 @@ impl Server {
             .args(["--grpc-addr", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start vigie");
         let stdout = child.stdout.take().expect("stdout");
@@ -46,12 +54,31 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on grpc://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
             .to_string();
         Self {
             child: Some(child),
             addr,
             data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no flush, no cleanup.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
         }
     }
 
@@ -115,6 +142,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- vigie log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
