@@ -59,6 +59,15 @@ pub(crate) struct ServeArgs {
     /// [default: a quarter of the machine's memory].
     #[arg(long, env = "VIGIE_MAX_BUFFER_BYTES")]
     pub(crate) max_buffer_bytes: Option<usize>,
+    /// An alert rule `NAME=EXPR`: a SQL boolean expression over a sighting (drone_id, seq, time,
+    /// latitude, longitude, citizen, score, words). Repeatable; rules given replace the file's and
+    /// the default `low_score=score < 20`. In the environment: separated by `;`.
+    #[arg(long = "alert-rule", env = "VIGIE_ALERT_RULES", value_delimiter = ';')]
+    pub(crate) alert_rules: Vec<String>,
+    /// Alerts a subscriber may have queued before its subscription ends (it resumes with
+    /// `from_id`) [default: 65536].
+    #[arg(long, env = "VIGIE_ALERT_QUEUE")]
+    pub(crate) alert_queue: Option<usize>,
 }
 
 /// The `--wal` setting.
@@ -92,6 +101,9 @@ struct FileConfig {
     wal_max_delay: Option<Duration>,
     wal_segment_bytes: Option<u64>,
     max_buffer_bytes: Option<usize>,
+    /// `name = "expression"` pairs.
+    alert_rules: Option<std::collections::BTreeMap<String, String>>,
+    alert_queue: Option<usize>,
 }
 
 /// The resolved configuration of `vigie serve`.
@@ -110,6 +122,9 @@ pub(crate) struct Config {
     pub(crate) wal_max_delay: Duration,
     pub(crate) wal_segment_bytes: u64,
     pub(crate) max_buffer_bytes: usize,
+    /// Empty: the engine's default rule.
+    pub(crate) alert_rules: Vec<(String, String)>,
+    pub(crate) alert_queue: usize,
 }
 
 impl Config {
@@ -176,8 +191,20 @@ impl Config {
                 .max_buffer_bytes
                 .or(file.max_buffer_bytes)
                 .unwrap_or_else(default_max_buffer_bytes),
+            alert_rules: if args.alert_rules.is_empty() {
+                file.alert_rules.unwrap_or_default().into_iter().collect()
+            } else {
+                args.alert_rules
+                    .iter()
+                    .map(|r| parse_rule(r))
+                    .collect::<Result<_>>()?
+            },
+            alert_queue: args.alert_queue.or(file.alert_queue).unwrap_or(65_536),
             data_dir,
         };
+        if config.alert_queue == 0 {
+            bail!("--alert-queue must be at least 1");
+        }
         if config.wal_segment_bytes < 4096 {
             bail!("--wal-segment-bytes must be at least 4096");
         }
@@ -194,6 +221,16 @@ impl Config {
             bail!("--max-message-bytes must be at least 1024");
         }
         Ok(config)
+    }
+}
+
+/// Parses `NAME=EXPR`.
+fn parse_rule(rule: &str) -> Result<(String, String)> {
+    match rule.split_once('=') {
+        Some((name, expr)) if !name.trim().is_empty() && !expr.trim().is_empty() => {
+            Ok((name.trim().to_string(), expr.trim().to_string()))
+        }
+        _ => bail!("--alert-rule {rule:?} must look like NAME=EXPR, e.g. low_score=score < 20"),
     }
 }
 

@@ -38,6 +38,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 },
             },
             max_buffer_bytes: config.max_buffer_bytes,
+            alert_rules: config.alert_rules.clone(),
         })
         .await
         .context("cannot open the tables")?,
@@ -63,7 +64,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
     let server = tonic::transport::Server::builder()
         .add_service(IngestService::new(engine.clone()).into_server(config.max_message_bytes))
-        .add_service(AlertsService.into_server())
+        .add_service(AlertsService::new(engine.clone(), config.alert_queue).into_server())
         .add_service(
             flight
                 .into_server()

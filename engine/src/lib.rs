@@ -11,6 +11,7 @@
 //! partitioned by `day`. On start, the dedupe index is rebuilt from the stored reports within the
 //! window, so a retry after a restart is still a duplicate.
 
+pub mod alert;
 pub mod dedupe;
 pub mod report;
 pub mod schema;
@@ -24,9 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
 use futures::TryStreamExt;
 use parking_lot::Mutex;
 use prost::Message;
@@ -34,8 +35,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use vigie_proto::v1::{Rejection, WriteRequest, WriteResponse};
+use vigie_proto::v1::{Alert, Rejection, WriteRequest, WriteResponse};
 
+use crate::alert::{AlertHub, DEFAULT_RULE, RuleSet, alerts_to_proto};
 use crate::dedupe::DedupeIndex;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
@@ -91,6 +93,9 @@ pub struct EngineArgs {
     pub wal: WalMode,
     /// Writes are refused (`Overloaded`) while the buffers hold this many bytes.
     pub max_buffer_bytes: usize,
+    /// Alert rules as `(name, SQL boolean expression over a sighting)`; empty: the default rule
+    /// [`alert::DEFAULT_RULE`].
+    pub alert_rules: Vec<(String, String)>,
 }
 
 /// Where the write-ahead log lives.
@@ -115,7 +120,11 @@ pub struct Tenant {
     name: TenantName,
     tables: BTreeMap<&'static str, Arc<LiveTable>>,
     reports: Arc<LiveTable>,
-    dedupe: Mutex<DedupeIndex>,
+    alerts: Arc<LiveTable>,
+    /// Dedupe index and alert id counter, changed together with the WAL and buffers.
+    state: Mutex<WriteState>,
+    rules: RuleSet,
+    hub: AlertHub,
     wal: Box<dyn Wal>,
     /// Delta transaction id recording which WAL positions a commit covers.
     wal_app_id: String,
@@ -123,6 +132,12 @@ pub struct Tenant {
     flush_now: Arc<Notify>,
     gauge: Arc<AtomicUsize>,
     max_buffer_bytes: usize,
+}
+
+#[derive(Debug)]
+struct WriteState {
+    dedupe: DedupeIndex,
+    next_alert_id: i64,
 }
 
 /// A write whose reports are buffered and logged; [`PendingWrite::durable`] waits for the log.
@@ -138,6 +153,7 @@ impl PendingWrite<'_> {
     /// Waits until the write's WAL record (and every earlier one) is on disk.
     pub async fn durable(self) -> Result<WriteResponse> {
         self.tenant.wal.sync(self.position).await?;
+        self.tenant.hub.release(self.position);
         Ok(self.response)
     }
 }
@@ -151,6 +167,56 @@ impl Tenant {
     /// The tenant's tables by SQL name.
     pub fn tables(&self) -> impl Iterator<Item = (&'static str, &Arc<LiveTable>)> {
         self.tables.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// The compiled alert rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Where live alerts are published.
+    pub fn hub(&self) -> &AlertHub {
+        &self.hub
+    }
+
+    /// Stored alerts with ids in `from..=upto`, in id order.
+    pub async fn read_alerts(&self, lake: &Lake, from: u64, upto: u64) -> Result<Vec<Alert>> {
+        if from > upto {
+            return Ok(Vec::new());
+        }
+        let (from, upto) = (from as i64, upto as i64);
+        let snapshot = self.alerts.snapshot();
+        let mut batches = Vec::new();
+        if !snapshot.files.is_empty() {
+            let ctx = parquet_session(lake);
+            let urls: Vec<String> = snapshot
+                .files
+                .iter()
+                .map(|f| format!("{}{}", lake.root_url(), f.path))
+                .collect();
+            let frame = ctx
+                .read_parquet(urls, ParquetReadOptions::default())
+                .await?
+                .filter(col("id").between(lit(from), lit(upto)))?;
+            for batch in frame.collect().await? {
+                // Files lack the partition column; alerts_to_proto does not read it.
+                batches.push(batch);
+            }
+        }
+        for batch in snapshot.buffered {
+            let ids = batch
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| Error::Corrupt("alerts.id is not Int64".into()))?;
+            let keep = arrow::compute::and(
+                &arrow::compute::kernels::cmp::gt_eq(ids, &Int64Array::new_scalar(from))?,
+                &arrow::compute::kernels::cmp::lt_eq(ids, &Int64Array::new_scalar(upto))?,
+            )?;
+            batches.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+        }
+        let mut alerts: Vec<Alert> = batches.iter().flat_map(alerts_to_proto).collect();
+        alerts.sort_by_key(|a| a.id);
+        Ok(alerts)
     }
 
     /// A table's consistent snapshot (committed files + buffer).
@@ -195,11 +261,14 @@ impl Tenant {
             // Dedupe, log and buffer under one lock: WAL positions follow buffer order, and a
             // concurrent retry of a report is a duplicate only once the original is buffered and
             // logged (it then waits for the same fsync).
-            let mut dedupe = self.dedupe.lock();
+            let mut state = self.state.lock();
             let mut builder = ReportBatchBuilder::with_capacity(valid.len());
             let mut payload = Vec::new();
             for v in &valid {
-                if dedupe.insert(&v.report.drone_id, v.report.seq, v.time_micros) {
+                if state
+                    .dedupe
+                    .insert(&v.report.drone_id, v.report.seq, v.time_micros)
+                {
                     builder.append(v, received_at);
                     prost::encoding::message::encode(1, v.report, &mut payload);
                     accepted += 1;
@@ -208,8 +277,17 @@ impl Tenant {
                 }
             }
             if accepted > 0 {
+                let batch = builder.finish()?;
+                let alerts = self
+                    .rules
+                    .evaluate(&batch, state.next_alert_id, received_at)?;
                 position = self.wal.append(received_at, &payload)?;
-                self.reports.push(builder.finish()?, position);
+                self.reports.push(batch, position);
+                if alerts.num_rows() > 0 {
+                    state.next_alert_id += alerts.num_rows() as i64;
+                    self.hub.enqueue(position, alerts_to_proto(&alerts));
+                    self.alerts.push(alerts, position);
+                }
             } else {
                 position = self.wal.last_position();
             }
@@ -228,10 +306,16 @@ impl Tenant {
         })
     }
 
-    /// Puts the WAL records that no Delta commit covers back into the buffer.
-    fn replay(&self, records: Vec<WalRecord>) -> Result<()> {
-        let mut dedupe = self.dedupe.lock();
-        let mut rows = 0;
+    /// Puts the WAL records that no Delta commit covers back into the buffers: reports of records
+    /// after `reports_after`, alerts (re-derived, with the same ids) of records after `alerts_after`.
+    fn replay(
+        &self,
+        records: Vec<WalRecord>,
+        reports_after: WalPosition,
+        alerts_after: WalPosition,
+    ) -> Result<()> {
+        let mut state = self.state.lock();
+        let (mut rows, mut raised) = (0, 0);
         for record in records {
             let request = WriteRequest::decode(record.payload.as_ref()).map_err(|e| {
                 Error::Corrupt(format!(
@@ -247,17 +331,56 @@ impl Tenant {
                         record.position
                     ))
                 })?;
-                if dedupe.insert(&report.drone_id, report.seq, v.time_micros) {
-                    builder.append(&v, record.received_at);
-                }
+                // Every report of a record was accepted when it was logged.
+                state
+                    .dedupe
+                    .insert(&report.drone_id, report.seq, v.time_micros);
+                builder.append(&v, record.received_at);
             }
-            rows += builder.len();
-            if !builder.is_empty() {
-                self.reports.push(builder.finish()?, record.position);
+            let batch = builder.finish()?;
+            if record.position > alerts_after {
+                let alerts =
+                    self.rules
+                        .evaluate(&batch, state.next_alert_id, record.received_at)?;
+                state.next_alert_id += alerts.num_rows() as i64;
+                raised += alerts.num_rows();
+                self.alerts.push(alerts, record.position);
+            }
+            if record.position > reports_after {
+                rows += batch.num_rows();
+                self.reports.push(batch, record.position);
             }
         }
-        info!(tenant = %self.name, rows, "replayed the WAL into the buffer");
+        info!(tenant = %self.name, rows, alerts = raised, "replayed the WAL into the buffers");
         Ok(())
+    }
+
+    /// The largest stored alert id (0 if none).
+    async fn max_alert_id(&self, lake: &Lake) -> Result<i64> {
+        let snapshot = self.alerts.snapshot();
+        if snapshot.files.is_empty() {
+            return Ok(0);
+        }
+        let ctx = parquet_session(lake);
+        let urls: Vec<String> = snapshot
+            .files
+            .iter()
+            .map(|f| format!("{}{}", lake.root_url(), f.path))
+            .collect();
+        let batches = ctx
+            .read_parquet(urls, ParquetReadOptions::default())
+            .await?
+            .aggregate(
+                vec![],
+                vec![datafusion::functions_aggregate::expr_fn::max(col("id"))],
+            )?
+            .collect()
+            .await?;
+        Ok(batches
+            .first()
+            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>().cloned())
+            .filter(|a| !a.is_empty() && a.is_valid(0))
+            .map_or(0, |a| a.value(0)))
     }
 
     /// Rebuilds the dedupe index from the reports stored within the window.
@@ -273,8 +396,7 @@ impl Tenant {
             .filter(|f| f.day >= newest_day - window_days)
             .map(|f| format!("{}{}", lake.root_url(), f.path))
             .collect();
-        let ctx = SessionContext::new();
-        ctx.register_object_store(&lake.root_url(), lake.root_store.clone());
+        let ctx = parquet_session(lake);
         let mut stream = ctx
             .read_parquet(urls, ParquetReadOptions::default())
             .await?
@@ -290,7 +412,7 @@ impl Tenant {
         index.evict(window_micros);
         let (drones, ranges) = index.size();
         info!(tenant = %self.name, rows, drones, ranges, "rebuilt dedupe index");
-        *self.dedupe.lock() = index;
+        self.state.lock().dedupe = index;
         Ok(())
     }
 }
@@ -336,6 +458,13 @@ impl Engine {
         }
         let flush_now = Arc::new(Notify::new());
         let gauge = Arc::new(AtomicUsize::new(0));
+        let rules: Vec<(String, String)> = if args.alert_rules.is_empty() {
+            vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
+        } else {
+            args.alert_rules.clone()
+        };
+        // Fail on a bad rule before touching any table.
+        RuleSet::compile(&rules)?;
         let writer_id = match &args.wal {
             WalMode::Off => "volatile".to_string(),
             WalMode::Local { dir, .. } => writer_id(dir)?,
@@ -348,8 +477,11 @@ impl Engine {
                 tables.insert(kind.name(), Arc::new(table));
             }
             let reports = tables[TableKind::Reports.name()].clone();
+            let alerts = tables[TableKind::Alerts.name()].clone();
             let wal_app_id = format!("vigie-wal-{writer_id}");
-            let committed = reports.committed_wal_position(&wal_app_id).await?;
+            let reports_committed = reports.committed_wal_position(&wal_app_id).await?;
+            let alerts_committed = alerts.committed_wal_position(&wal_app_id).await?;
+            let committed = reports_committed.min(alerts_committed);
             let (wal, replay): (Box<dyn Wal>, Vec<WalRecord>) = match &args.wal {
                 WalMode::Off => (Box::new(VolatileWal::new(committed)), Vec::new()),
                 WalMode::Local {
@@ -366,11 +498,17 @@ impl Engine {
                     (Box::new(wal), replay)
                 }
             };
-            let tenant = Tenant {
+            let mut tenant = Tenant {
                 name: name.clone(),
                 reports,
+                alerts,
                 tables,
-                dedupe: Mutex::new(DedupeIndex::default()),
+                state: Mutex::new(WriteState {
+                    dedupe: DedupeIndex::default(),
+                    next_alert_id: 1,
+                }),
+                rules: RuleSet::compile(&rules)?,
+                hub: AlertHub::default(),
                 wal,
                 wal_app_id,
                 flush_rows: args.flush_rows,
@@ -381,9 +519,14 @@ impl Engine {
             tenant
                 .rebuild_dedupe(&args.lake, window_micros(args.dedupe_window))
                 .await?;
+            let stored_alerts = tenant.max_alert_id(&args.lake).await?;
+            tenant.state.lock().next_alert_id = stored_alerts + 1;
             if !replay.is_empty() {
-                tenant.replay(replay)?;
+                tenant.replay(replay, reports_committed, alerts_committed)?;
             }
+            let last_alert = tenant.state.lock().next_alert_id - 1;
+            tenant.hub = AlertHub::new(last_alert as u64);
+            info!(tenant = %name, last_alert, rules = tenant.rules.rules().len(), "alerts ready");
             tenants.insert(name, Arc::new(tenant));
         }
         Ok(Self {
@@ -421,8 +564,9 @@ impl Engine {
                 }
             }
             tenant
-                .dedupe
+                .state
                 .lock()
+                .dedupe
                 .evict(window_micros(self.args.dedupe_window));
         }
         Ok(rows)
@@ -464,6 +608,19 @@ impl Engine {
             Ok(())
         })
     }
+}
+
+/// A DataFusion session reading the lake's Parquet files with plain Arrow types.
+fn parquet_session(lake: &Lake) -> SessionContext {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_object_store(&lake.root_url(), lake.root_store.clone());
+    ctx
 }
 
 /// Longest wait between two attempts of a failing flush.

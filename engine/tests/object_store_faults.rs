@@ -158,6 +158,7 @@ async fn store_outage_fills_the_buffer_then_refuses_and_recovers_without_loss() 
             max_delay: Duration::ZERO,
         },
         max_buffer_bytes: 2 << 20,
+        alert_rules: Vec::new(),
     })
     .await
     .unwrap();

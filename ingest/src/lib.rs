@@ -128,11 +128,19 @@ impl Ingest for IngestService {
     }
 }
 
-/// Implements `vigie.v1.Alerts`; subscriptions arrive with the alerts release.
-#[derive(Debug, Clone, Default)]
-pub struct AlertsService;
+/// Implements `vigie.v1.Alerts` over the engine's default tenant.
+#[derive(Debug, Clone)]
+pub struct AlertsService {
+    engine: Arc<Engine>,
+    queue: usize,
+}
 
 impl AlertsService {
+    /// A service publishing `engine`'s alerts; each subscriber may have `queue` alerts pending.
+    pub fn new(engine: Arc<Engine>, queue: usize) -> Self {
+        Self { engine, queue }
+    }
+
     /// The tonic server for this service.
     pub fn into_server(self) -> AlertsServer<Self> {
         AlertsServer::new(self)
@@ -143,13 +151,55 @@ impl AlertsService {
 impl Alerts for AlertsService {
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;
 
+    /// Without `from_id`: every alert raised after the call. With `from_id = N`: the stored alerts
+    /// with id ≥ N in order, then live ones, with no gap and no repeat. A subscriber whose queue
+    /// overflows gets `RESOURCE_EXHAUSTED` naming the last id delivered.
     async fn subscribe(
         &self,
-        _request: Request<SubscribeRequest>,
+        request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented(
-            "Alerts.Subscribe is not available yet in this version of Vigie",
-        ))
+        let tenant = self.engine.default_tenant();
+        // Subscribe first: everything up to `after` is stored, everything later arrives live.
+        let subscription = tenant.hub().subscribe(self.queue);
+        let history = match request.get_ref().from_id {
+            Some(from) => tenant
+                .read_alerts(self.engine.lake(), from.max(1), subscription.after)
+                .await
+                .map_err(|e| status_of(&e))?,
+            None => Vec::new(),
+        };
+        let last = history.last().map_or(subscription.after, |a| a.id);
+        let overflow = subscription.overflow;
+        let queue = self.queue;
+        let live = futures::stream::unfold(
+            (subscription.alerts, last, false),
+            move |(mut rx, last, ended)| {
+                let overflow = overflow.clone();
+                async move {
+                    if ended {
+                        return None;
+                    }
+                    match rx.recv().await {
+                        Some(alert) => {
+                            let id = alert.id;
+                            Some((Ok(alert), (rx, id, false)))
+                        }
+                        None if overflow.happened() => Some((
+                            Err(Status::resource_exhausted(format!(
+                                "this subscriber fell more than {queue} alerts behind and was \
+                                 disconnected; the last alert delivered is {last}: subscribe \
+                                 again with from_id = {}",
+                                last + 1
+                            ))),
+                            (rx, last, true),
+                        )),
+                        None => None,
+                    }
+                }
+            },
+        );
+        let stream = futures::stream::iter(history.into_iter().map(Ok)).chain(live);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

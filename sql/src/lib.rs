@@ -4,10 +4,12 @@
 //! SQL ─▶ SqlEngine::plan (read-only checks) ─▶ DataFrame ─▶ execute_stream ─▶ plain Arrow batches
 //!            catalog vigie.public: reports, alerts (LiveTableProvider: Delta files ∪ buffer)
 //!                                  sightings (view: one row per citizen of a report)
+//!                                  alert_rules (the rules and their counts since start)
 //! ```
 //! Results use plain Arrow types (Utf8, not Utf8View or dictionaries) because Flight SQL clients such
 //! as the JDBC driver do not read the others: see [`plain_schema`].
 
+pub mod rules;
 pub mod table;
 
 use std::sync::Arc;
@@ -83,6 +85,10 @@ impl SqlEngine {
                 Arc::new(LiveTableProvider::new(table.clone(), store_url.clone())),
             )?;
         }
+        ctx.register_table(
+            "alert_rules",
+            Arc::new(rules::AlertRulesTable::new(tenant.clone())),
+        )?;
         ctx.sql(SIGHTINGS_VIEW).await?;
         Ok(Self { ctx })
     }

@@ -131,6 +131,7 @@ async fn fixture() -> SqlEngine {
         dedupe_window: Duration::from_secs(86_400),
         wal: WalMode::Off,
         max_buffer_bytes: 1 << 30,
+        alert_rules: Vec::new(),
     })
     .await
     .unwrap();
@@ -155,7 +156,8 @@ async fn fixture() -> SqlEngine {
         ],
     };
     assert_eq!(tenant.write(&first).await.unwrap().accepted, 3);
-    assert_eq!(engine.flush_all().await.unwrap(), 3);
+    // 3 reports and the alert Ana (12.5) raised.
+    assert_eq!(engine.flush_all().await.unwrap(), 4);
     let second = WriteRequest {
         reports: vec![
             report(

@@ -1,0 +1,468 @@
+//! The streaming alert operator: rules are SQL boolean expressions over sightings, compiled once
+//! into DataFusion physical expressions and evaluated vectorised on every accepted batch.
+//!
+//! ```text
+//! accepted reports batch ─sightings_of()─▶ one row per citizen ─▶ each rule: evaluate → mask
+//!   └─ matching (sighting, rule) pairs, in sighting order ─▶ alerts batch (ids dense, from the
+//!      tenant's counter, assigned in the write's critical section) ─▶ alerts table + AlertHub
+//! AlertHub: holds each write's alerts until its WAL record is durable, then publishes them in id
+//! order to every subscriber's bounded queue; a full queue ends that subscription (no silent drop).
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{filter, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use vigie_proto::Timestamp;
+use vigie_proto::v1::Alert;
+
+use crate::schema::{TableKind, day_of_micros, timestamp_type, word_item_field};
+use crate::wal::WalPosition;
+use crate::{Error, Result};
+
+/// The rule used when none is configured.
+pub const DEFAULT_RULE: (&str, &str) = ("low_score", "score < 20");
+
+/// The row a rule sees: one sighting of one citizen, with its report's words.
+pub fn sighting_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("drone_id", DataType::Utf8, false),
+        Field::new("seq", DataType::Int64, false),
+        Field::new("time", timestamp_type(), false),
+        Field::new("latitude", DataType::Float64, false),
+        Field::new("longitude", DataType::Float64, false),
+        Field::new("citizen", DataType::Utf8, true),
+        Field::new("score", DataType::Float64, true),
+        Field::new("words", DataType::List(word_item_field()), true),
+    ]))
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct AlertRule {
+    /// The rule's name (the `rule` column of its alerts).
+    pub name: String,
+    /// The SQL expression as configured.
+    pub expression: String,
+    physical: Arc<dyn PhysicalExpr>,
+    raised: AtomicU64,
+}
+
+impl AlertRule {
+    /// Alerts this rule raised since the server started.
+    pub fn raised(&self) -> u64 {
+        self.raised.load(Ordering::Relaxed)
+    }
+}
+
+/// The tenant's rules, compiled.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<AlertRule>,
+    names: StringArray,
+}
+
+impl RuleSet {
+    /// Compiles `(name, expression)` pairs; an expression that does not parse, names an unknown
+    /// column or is not boolean is an error naming the rule.
+    pub fn compile(rules: &[(String, String)]) -> Result<Self> {
+        let ctx = SessionContext::new();
+        let schema = sighting_schema();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone())
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (name, expression) in rules {
+            let fail = |why: String| {
+                Error::InvalidConfig(format!("alert rule {name:?} ({expression}): {why}"))
+            };
+            if name.is_empty() {
+                return Err(fail("the rule has no name".into()));
+            }
+            if compiled.iter().any(|r: &AlertRule| &r.name == name) {
+                return Err(fail("another rule has the same name".into()));
+            }
+            let expr = ctx
+                .parse_sql_expr(expression, &df_schema)
+                .map_err(|e| fail(e.find_root().to_string()))?;
+            let physical = ctx
+                .create_physical_expr(expr, &df_schema)
+                .map_err(|e| fail(e.find_root().to_string()))?;
+            let data_type = physical
+                .data_type(&schema)
+                .map_err(|e| fail(e.find_root().to_string()))?;
+            if data_type != DataType::Boolean {
+                return Err(fail(format!(
+                    "the expression is {data_type}, not a boolean; columns: drone_id, seq, time, \
+                     latitude, longitude, citizen, score, words"
+                )));
+            }
+            compiled.push(AlertRule {
+                name: name.clone(),
+                expression: expression.clone(),
+                physical,
+                raised: AtomicU64::new(0),
+            });
+        }
+        let names = StringArray::from_iter_values(compiled.iter().map(|r| r.name.as_str()));
+        Ok(Self {
+            rules: compiled,
+            names,
+        })
+    }
+
+    /// The rules, in configuration order.
+    pub fn rules(&self) -> &[AlertRule] {
+        &self.rules
+    }
+
+    /// The alerts a batch of `reports` raises, ids from `first_id`, raised at `raised_at`
+    /// (µs): one per (matching sighting, rule), in sighting order then rule order.
+    pub fn evaluate(
+        &self,
+        reports: &RecordBatch,
+        first_id: i64,
+        raised_at: i64,
+    ) -> Result<RecordBatch> {
+        let sightings = sightings_of(reports)?;
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for (k, rule) in self.rules.iter().enumerate() {
+            let value = rule
+                .physical
+                .evaluate(&sightings)
+                .and_then(|v| v.into_array(sightings.num_rows()))
+                .map_err(|e| {
+                    Error::InvalidConfig(format!("alert rule {:?} failed: {e}", rule.name))
+                })?;
+            let mask = value.as_boolean();
+            let hits = filter(
+                &UInt32Array::from_iter_values(0..sightings.num_rows() as u32),
+                mask,
+            )?;
+            let hits = hits.as_primitive::<arrow::datatypes::UInt32Type>();
+            rule.raised.fetch_add(hits.len() as u64, Ordering::Relaxed);
+            pairs.extend(hits.values().iter().map(|&row| (row, k as u32)));
+        }
+        pairs.sort_unstable();
+        let rows = UInt32Array::from_iter_values(pairs.iter().map(|p| p.0));
+        let rules = UInt32Array::from_iter_values(pairs.iter().map(|p| p.1));
+        let n = pairs.len() as i64;
+        let pick = |i: usize| take(sightings.column(i), &rows, None);
+        let time = pick(2)?;
+        let day: Date32Array = time
+            .as_primitive::<TimestampMicrosecondType>()
+            .unary(day_of_micros);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(first_id..first_id + n)),
+            take(&self.names, &rules, None)?,
+            pick(0)?,
+            pick(1)?,
+            time,
+            pick(3)?,
+            pick(4)?,
+            pick(5)?,
+            pick(6)?,
+            Arc::new(
+                TimestampMicrosecondArray::from_value(raised_at, pairs.len()).with_timezone("UTC"),
+            ),
+            Arc::new(day),
+        ];
+        Ok(RecordBatch::try_new(TableKind::Alerts.schema(), columns)?)
+    }
+}
+
+/// One row per citizen of each report (reports without citizens give none), with the columns a
+/// rule sees.
+pub fn sightings_of(reports: &RecordBatch) -> Result<RecordBatch> {
+    let column = |name: &str| {
+        reports
+            .column_by_name(name)
+            .ok_or_else(|| Error::Corrupt(format!("reports batch without {name}")))
+    };
+    let citizens = column("citizens")?.as_list::<i32>();
+    let offsets = citizens.value_offsets();
+    let mut rows = Vec::with_capacity((offsets[offsets.len() - 1] - offsets[0]) as usize);
+    for i in 0..citizens.len() {
+        for _ in offsets[i]..offsets[i + 1] {
+            rows.push(i as u32);
+        }
+    }
+    let rows = UInt32Array::from(rows);
+    let start = offsets[0] as usize;
+    let len = (offsets[citizens.len()] - offsets[0]) as usize;
+    let people = citizens.values().slice(start, len);
+    let people = people.as_struct();
+    let pick = |name: &str| -> Result<ArrayRef> { Ok(take(column(name)?, &rows, None)?) };
+    let columns: Vec<ArrayRef> = vec![
+        pick("drone_id")?,
+        pick("seq")?,
+        pick("time")?,
+        pick("latitude")?,
+        pick("longitude")?,
+        people.column(0).clone(),
+        people.column(1).clone(),
+        pick("words")?,
+    ];
+    Ok(RecordBatch::try_new(sighting_schema(), columns)?)
+}
+
+/// The `Alert` messages of an alerts batch.
+pub fn alerts_to_proto(batch: &RecordBatch) -> Vec<Alert> {
+    let c = |i: usize| batch.column(i);
+    let ids = c(0).as_primitive::<arrow::datatypes::Int64Type>();
+    let rules = c(1).as_string::<i32>();
+    let drones = c(2).as_string::<i32>();
+    let seqs = c(3).as_primitive::<arrow::datatypes::Int64Type>();
+    let times = c(4).as_primitive::<TimestampMicrosecondType>();
+    let lats = c(5).as_primitive::<arrow::datatypes::Float64Type>();
+    let lons = c(6).as_primitive::<arrow::datatypes::Float64Type>();
+    let citizens = c(7).as_string::<i32>();
+    let scores = c(8).as_primitive::<arrow::datatypes::Float64Type>();
+    let raised = c(9).as_primitive::<TimestampMicrosecondType>();
+    (0..batch.num_rows())
+        .map(|i| Alert {
+            id: ids.value(i) as u64,
+            rule: rules.value(i).to_string(),
+            drone_id: drones.value(i).to_string(),
+            seq: seqs.value(i) as u64,
+            time: Some(timestamp(times.value(i))),
+            latitude: lats.value(i),
+            longitude: lons.value(i),
+            citizen: citizens.value(i).to_string(),
+            score: scores.value(i),
+            raised_at: Some(timestamp(raised.value(i))),
+        })
+        .collect()
+}
+
+fn timestamp(micros: i64) -> Timestamp {
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Default)]
+pub struct Overflow(AtomicBool);
+
+impl Overflow {
+    /// Whether the subscriber's queue overflowed.
+    pub fn happened(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    tx: mpsc::Sender<Alert>,
+    overflow: Arc<Overflow>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    /// Alerts of writes not yet durable, in WAL (hence id) order.
+    pending: VecDeque<(WalPosition, Vec<Alert>)>,
+    subscribers: Vec<Subscriber>,
+    last_published: u64,
+}
+
+/// A live subscription: alerts with ids above `after` arrive on `alerts`.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Every alert with an id up to this one was published before the subscription started (and
+    /// is in the `alerts` table).
+    pub after: u64,
+    /// The live alerts.
+    pub alerts: mpsc::Receiver<Alert>,
+    /// Set when the queue overflowed and the subscription was ended.
+    pub overflow: Arc<Overflow>,
+}
+
+/// Publishes durable alerts to subscribers, in id order.
+#[derive(Debug, Default)]
+pub struct AlertHub {
+    state: Mutex<HubState>,
+}
+
+impl AlertHub {
+    /// A hub whose alerts up to `last_published` are already durable and stored.
+    pub fn new(last_published: u64) -> Self {
+        Self {
+            state: Mutex::new(HubState {
+                last_published,
+                ..HubState::default()
+            }),
+        }
+    }
+
+    /// Holds a write's alerts until its WAL record is durable (call in WAL order).
+    pub fn enqueue(&self, position: WalPosition, alerts: Vec<Alert>) {
+        if !alerts.is_empty() {
+            self.state.lock().pending.push_back((position, alerts));
+        }
+    }
+
+    /// Publishes the held alerts of every record up to `durable`.
+    pub fn release(&self, durable: WalPosition) {
+        let mut s = self.state.lock();
+        while s.pending.front().is_some_and(|(p, _)| *p <= durable) {
+            let (_, alerts) = s.pending.pop_front().expect("checked");
+            for alert in alerts {
+                s.last_published = alert.id;
+                s.subscribers
+                    .retain(|sub| match sub.tx.try_send(alert.clone()) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            sub.overflow.0.store(true, Ordering::SeqCst);
+                            false
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    });
+            }
+        }
+    }
+
+    /// Starts a subscription with a queue of `capacity` alerts.
+    pub fn subscribe(&self, capacity: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let overflow = Arc::new(Overflow::default());
+        let mut s = self.state.lock();
+        s.subscribers.push(Subscriber {
+            tx,
+            overflow: overflow.clone(),
+        });
+        Subscription {
+            after: s.last_published,
+            alerts: rx,
+            overflow,
+        }
+    }
+
+    /// The id of the last published alert.
+    pub fn last_published(&self) -> u64 {
+        self.state.lock().last_published
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ReportBatchBuilder, validate};
+    use vigie_proto::v1::{Citizen, DroneReport};
+
+    fn reports() -> RecordBatch {
+        let make = |seq: u64, people: &[(&str, f64)], words: &[&str]| DroneReport {
+            drone_id: "d".into(),
+            seq,
+            time: Some(Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 0,
+            }),
+            latitude: 1.0,
+            longitude: 2.0,
+            citizens: people
+                .iter()
+                .map(|(n, s)| Citizen {
+                    name: (*n).into(),
+                    score: *s,
+                })
+                .collect(),
+            words: words.iter().map(|w| (*w).into()).collect(),
+        };
+        let all = [
+            make(1, &[("Ana", 10.0), ("Bo", 50.0)], &["emeute"]),
+            make(2, &[], &["emeute"]),
+            make(3, &[("Cy", 35.0)], &["emeute", "feu"]),
+            make(4, &[("Di", 5.0)], &[]),
+        ];
+        let mut b = ReportBatchBuilder::with_capacity(4);
+        for r in &all {
+            b.append(&validate(r).unwrap(), 0);
+        }
+        b.finish().unwrap()
+    }
+
+    fn rules(list: &[(&str, &str)]) -> Result<RuleSet> {
+        RuleSet::compile(
+            &list
+                .iter()
+                .map(|(n, e)| ((*n).to_string(), (*e).to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn alerts_in_sighting_then_rule_order_with_dense_ids() {
+        let set = rules(&[
+            ("low_score", "score < 20"),
+            ("riot_words", "score < 40 AND array_has(words, 'emeute')"),
+        ])
+        .unwrap();
+        let alerts = set.evaluate(&reports(), 7, 99).unwrap();
+        let got: Vec<_> = alerts_to_proto(&alerts)
+            .into_iter()
+            .map(|a| (a.id, a.rule, a.seq, a.citizen))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (7, "low_score".to_string(), 1, "Ana".to_string()),
+                (8, "riot_words".to_string(), 1, "Ana".to_string()),
+                (9, "riot_words".to_string(), 3, "Cy".to_string()),
+                (10, "low_score".to_string(), 4, "Di".to_string()),
+            ]
+        );
+        assert_eq!(set.rules()[0].raised(), 2);
+        assert_eq!(alerts.schema(), TableKind::Alerts.schema());
+    }
+
+    #[test]
+    fn bad_rules_name_themselves() {
+        let err = rules(&[("bad", "score <")]).unwrap_err().to_string();
+        assert!(err.contains("\"bad\""), "{err}");
+        let err = rules(&[("num", "score + 1")]).unwrap_err().to_string();
+        assert!(err.contains("not a boolean"), "{err}");
+        let err = rules(&[("col", "nope > 1")]).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hub_publishes_durable_alerts_in_order_and_ends_slow_subscribers() {
+        let hub = AlertHub::new(0);
+        let mut fast = hub.subscribe(100);
+        let mut slow = hub.subscribe(1);
+        let alert = |id| Alert {
+            id,
+            ..Alert::default()
+        };
+        hub.enqueue(1, vec![alert(1), alert(2)]);
+        hub.enqueue(2, vec![alert(3)]);
+        hub.release(1);
+        assert_eq!(fast.alerts.recv().await.unwrap().id, 1);
+        assert_eq!(fast.alerts.recv().await.unwrap().id, 2);
+        assert!(
+            fast.alerts.try_recv().is_err(),
+            "record 2 is not durable yet"
+        );
+        hub.release(2);
+        assert_eq!(fast.alerts.recv().await.unwrap().id, 3);
+        assert_eq!(slow.alerts.recv().await.unwrap().id, 1);
+        assert!(slow.overflow.happened());
+        assert!(
+            slow.alerts.recv().await.is_none(),
+            "ended after the overflow"
+        );
+        assert_eq!(hub.subscribe(1).after, 3);
+    }
+}
