@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,7 +72,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 .max_decoding_message_size(config.max_message_bytes),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            TcpListenerStream::new(listener).map(|stream| {
+                let stream = stream?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            }),
             stop_serving.clone().cancelled_owned(),
         );
     let mut server = tokio::spawn(server);

@@ -17,8 +17,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use vigie_proto::Timestamp;
+use vigie_proto::v1::alerts_client::AlertsClient;
 use vigie_proto::v1::ingest_client::IngestClient;
-use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
+use vigie_proto::v1::{Citizen, DroneReport, SubscribeRequest, WriteRequest};
 
 /// Options of `vigie simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +51,11 @@ pub(crate) struct SimulateArgs {
     /// Also write every generated report to this file as JSON lines (for checking answers).
     #[arg(long)]
     pub(crate) dump: Option<std::path::PathBuf>,
+    /// Also subscribe to alerts while sending and report the latency from the server receiving a
+    /// report to this client receiving its alert (p50/p99/p999; same clock, so run on the server's
+    /// machine).
+    #[arg(long)]
+    pub(crate) measure_alerts: bool,
 }
 
 const FIRST: [&str; 24] = [
@@ -239,6 +245,30 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot connect to {endpoint}"))?;
 
+    let alert_watch = if args.measure_alerts {
+        let mut stream = AlertsClient::new(channel.clone())
+            .subscribe(SubscribeRequest { from_id: None })
+            .await
+            .context("Alerts.Subscribe refused")?
+            .into_inner();
+        let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let sink = latencies.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(alert)) = stream.message().await {
+                let now = Utc::now().timestamp_micros();
+                if let Some(t) = alert.raised_at {
+                    let raised = t.seconds * 1_000_000 + i64::from(t.nanos / 1_000);
+                    sink.lock()
+                        .expect("not poisoned")
+                        .push(u64::try_from(now - raised).unwrap_or(0));
+                }
+            }
+        });
+        Some((task, latencies))
+    } else {
+        None
+    };
+
     let began = Instant::now();
     let mut senders = Vec::with_capacity(args.streams);
     let mut tasks = Vec::with_capacity(args.streams);
@@ -321,6 +351,28 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         pct(0.5),
         pct(0.99),
     );
+    if let Some((task, latencies)) = alert_watch {
+        // Let the last alerts arrive, then stop listening.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        task.abort();
+        let mut l = std::mem::take(&mut *latencies.lock().expect("not poisoned"));
+        l.sort_unstable();
+        let pct = |p: f64| {
+            if l.is_empty() {
+                0.0
+            } else {
+                l[((l.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+            }
+        };
+        println!(
+            "alerts={} alert_p50_ms={:.3} alert_p99_ms={:.3} alert_p999_ms={:.3} alert_max_ms={:.3}",
+            l.len(),
+            pct(0.5),
+            pct(0.99),
+            pct(0.999),
+            pct(1.0)
+        );
+    }
     Ok(())
 }
 
