@@ -68,6 +68,9 @@ pub(crate) struct ServeArgs {
     /// `from_id`) [default: 65536].
     #[arg(long, env = "VIGIE_ALERT_QUEUE")]
     pub(crate) alert_queue: Option<usize>,
+    /// POST every alert as JSON to this URL (retried with backoff until a 2xx answer).
+    #[arg(long, env = "VIGIE_ALERT_WEBHOOK")]
+    pub(crate) alert_webhook: Option<String>,
 }
 
 /// The `--wal` setting.
@@ -104,6 +107,7 @@ struct FileConfig {
     /// `name = "expression"` pairs.
     alert_rules: Option<std::collections::BTreeMap<String, String>>,
     alert_queue: Option<usize>,
+    alert_webhook: Option<String>,
 }
 
 /// The resolved configuration of `vigie serve`.
@@ -125,6 +129,7 @@ pub(crate) struct Config {
     /// Empty: the engine's default rule.
     pub(crate) alert_rules: Vec<(String, String)>,
     pub(crate) alert_queue: usize,
+    pub(crate) alert_webhook: Option<String>,
 }
 
 impl Config {
@@ -200,8 +205,16 @@ impl Config {
                     .collect::<Result<_>>()?
             },
             alert_queue: args.alert_queue.or(file.alert_queue).unwrap_or(65_536),
+            alert_webhook: args.alert_webhook.or(file.alert_webhook),
             data_dir,
         };
+        if let Some(hook) = &config.alert_webhook {
+            let parsed = url::Url::parse(hook)
+                .with_context(|| format!("invalid --alert-webhook URL {hook}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("--alert-webhook must be an http:// or https:// URL, not {hook}");
+            }
+        }
         if config.alert_queue == 0 {
             bail!("--alert-queue must be at least 1");
         }

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: ingest, alerts and Flight SQL on one gRPC port.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Send a deterministic simulated fleet to a server.
     Simulate(simulate::SimulateArgs),
 }
@@ -48,7 +48,7 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(config::Config::resolve(args)?).await,
+            Command::Serve(args) => serve::run(config::Config::resolve(*args)?).await,
             Command::Simulate(args) => simulate::run(args).await,
         }
     })

@@ -62,6 +62,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let stop_serving = CancellationToken::new();
     let stop_flushing = CancellationToken::new();
     let flusher = engine.start_flusher(stop_flushing.clone());
+    let webhook = config
+        .alert_webhook
+        .clone()
+        .map(|url| vigie_ingest::webhook::start_webhook(engine.clone(), url, stop_serving.clone()));
 
     let server = tonic::transport::Server::builder()
         .add_service(IngestService::new(engine.clone()).into_server(config.max_message_bytes))
@@ -102,6 +106,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 }
             }
         }
+    }
+    stop_serving.cancel();
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
     }
     stop_flushing.cancel();
     let flushed = match tokio::time::timeout(config.shutdown_timeout, flusher).await {

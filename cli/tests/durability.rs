@@ -121,6 +121,22 @@ async fn acknowledged_reports_survive_sigkill_exactly_once() {
         "{} acknowledged reports are missing, e.g. {missing:?}",
         acked.difference(&stored).count()
     );
+    // Every stored report (Ana at 10) raised exactly one alert, ids dense from 1.
+    let n = rows.len();
+    assert_eq!(
+        server
+            .table(&format!(
+                "SELECT count(*) = {n} AS all_raised, count(DISTINCT id) = count(*) AS unique, \
+                 min(id) = 1 AS from_one, max(id) = count(*) AS dense, \
+                 count(DISTINCT (drone_id, seq)) = count(*) AS one_each FROM alerts"
+            ))
+            .await,
+        "+------------+--------+----------+-------+----------+\n\
+         | all_raised | unique | from_one | dense | one_each |\n\
+         +------------+--------+----------+-------+----------+\n\
+         | true       | true   | true     | true  | true     |\n\
+         +------------+--------+----------+-------+----------+"
+    );
     // Every retry after the restarts is a duplicate; what was never stored is stored now.
     let mut client = server.ingest().await;
     for request in sent.iter().step_by(7) {

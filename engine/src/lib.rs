@@ -22,7 +22,7 @@ pub mod wal;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
@@ -125,6 +125,8 @@ pub struct Tenant {
     state: Mutex<WriteState>,
     rules: RuleSet,
     hub: AlertHub,
+    /// Alerts raised as of the last "alerts raised" log line.
+    logged_alerts: AtomicU64,
     wal: Box<dyn Wal>,
     /// Delta transaction id recording which WAL positions a commit covers.
     wal_app_id: String,
@@ -355,6 +357,23 @@ impl Tenant {
         Ok(())
     }
 
+    /// The last WAL position every table has committed: records up to it may be deleted. A table
+    /// holding buffered rows needs the records from its oldest buffered one; a table with an empty
+    /// buffer has committed every record appended so far.
+    fn safe_wal_position(&self) -> WalPosition {
+        // Under the write lock, no record is between "appended" and "buffered".
+        let _writes = self.state.lock();
+        let last = self.wal.last_position();
+        self.tables
+            .values()
+            .map(|t| {
+                t.first_buffered_position()
+                    .map_or(last, |p| p.saturating_sub(1))
+            })
+            .min()
+            .unwrap_or(last)
+    }
+
     /// The largest stored alert id (0 if none).
     async fn max_alert_id(&self, lake: &Lake) -> Result<i64> {
         let snapshot = self.alerts.snapshot();
@@ -509,6 +528,7 @@ impl Engine {
                 }),
                 rules: RuleSet::compile(&rules)?,
                 hub: AlertHub::default(),
+                logged_alerts: AtomicU64::new(0),
                 wal,
                 wal_app_id,
                 flush_rows: args.flush_rows,
@@ -556,18 +576,30 @@ impl Engine {
     pub async fn flush_all(&self) -> Result<usize> {
         let mut rows = 0;
         for tenant in self.tenants.values() {
+            let mut committed = false;
             for table in tenant.tables.values() {
                 let outcome = table.flush(&self.args.lake, &tenant.wal_app_id).await?;
                 rows += outcome.rows;
-                if let Some(position) = outcome.wal_position {
-                    tenant.wal.truncate(position).await?;
-                }
+                committed |= outcome.wal_position.is_some();
+            }
+            if committed {
+                tenant.wal.truncate(tenant.safe_wal_position()).await?;
             }
             tenant
                 .state
                 .lock()
                 .dedupe
                 .evict(window_micros(self.args.dedupe_window));
+            let raised: u64 = tenant.rules.rules().iter().map(|r| r.raised()).sum();
+            if tenant.logged_alerts.swap(raised, Ordering::Relaxed) != raised {
+                let counts: Vec<String> = tenant
+                    .rules
+                    .rules()
+                    .iter()
+                    .map(|r| format!("{}={}", r.name, r.raised()))
+                    .collect();
+                info!(tenant = %tenant.name, rules = %counts.join(" "), "alerts raised since start");
+            }
         }
         Ok(rows)
     }

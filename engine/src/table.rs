@@ -179,6 +179,11 @@ impl LiveTable {
         });
     }
 
+    /// The WAL position of the oldest buffered rows, if any are buffered.
+    pub fn first_buffered_position(&self) -> Option<WalPosition> {
+        self.state.read().chunks.front().map(|c| c.wal_position)
+    }
+
     /// Rows and bytes held in the buffer.
     pub fn buffered(&self) -> (usize, usize) {
         let s = self.state.read();

@@ -3,9 +3,12 @@
 //! ```text
 //! drone ─Write / WriteStream─▶ IngestService ─▶ engine::Tenant::write ─▶ WriteResponse
 //!                               (one response per request, in order)
-//! dispatcher ─Subscribe─▶ AlertsService (alerts come with the alerts release)
+//! dispatcher ─Subscribe(from_id?)─▶ AlertsService: stored alerts ≥ from_id, then live ones
+//! webhook task ─▶ POST JSON per alert (optional, `webhook`)
 //! ```
 //! Engine errors become `tonic::Status` in [`status_of`], the one place that decides codes.
+
+pub mod webhook;
 
 use std::pin::Pin;
 use std::sync::Arc;
