@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Reproduces the figures of BENCHMARKS.md: `vigie simulate` against `vigie serve`, both on this
+# machine, release build. Usage: bench/run.sh [ingest|alerts|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+BIN="$CARGO_TARGET_DIR/release/vigie"
+[ -x "$BIN" ] || cargo build --release -p vigie-cli
+what="${1:-all}"
+
+serve() { # serve DIR ARGS... → prints the address; the PID is in $DIR/pid
+  local dir=$1; shift
+  mkdir -p "$dir"
+  "$BIN" serve --data-dir "$dir" --grpc-addr 127.0.0.1:0 "$@" >"$dir/out" 2>"$dir/log" &
+  echo $! >"$dir/pid"
+  for _ in $(seq 100); do
+    grep -q listening "$dir/out" 2>/dev/null && break
+    sleep 0.1
+  done
+  sed -n 's/listening on grpc:\/\///p' "$dir/out"
+}
+stop() { kill -TERM "$(cat "$1/pid")"; wait "$(cat "$1/pid")" 2>/dev/null || true; }
+
+tmp=$(mktemp -d)
+trap 'for p in "$tmp"/*/pid; do kill -9 "$(cat "$p")" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+FLEET=(--drones 2000 --reports-per-drone 250 --seed 1 --start 2026-01-01T00:00:00Z)
+
+if [ "$what" = ingest ] || [ "$what" = all ]; then
+  for wal in off fsync; do
+    for run in 1 2 3; do
+      addr=$(serve "$tmp/ingest-$wal-$run" --wal "$wal")
+      printf 'ingest wal=%-5s run %s: ' "$wal" "$run"
+      "$BIN" simulate --target "$addr" "${FLEET[@]}" --batch 1000 --streams 4
+      stop "$tmp/ingest-$wal-$run"
+    done
+  done
+fi
+
+if [ "$what" = alerts ] || [ "$what" = all ]; then
+  for rate in 10000 100000; do
+    addr=$(serve "$tmp/alerts-$rate")
+    echo "alerts at ${rate} reports/s (batches of 100, WAL fsync):"
+    "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone $((rate * 10 / 2000)) \
+      --seed 2 --start 2026-01-01T00:00:00Z --rate "$rate" --batch 100 --streams 2 --measure-alerts
+    stop "$tmp/alerts-$rate"
+  done
+fi
