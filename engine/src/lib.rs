@@ -190,14 +190,7 @@ impl Tenant {
         let snapshot = self.alerts.snapshot();
         let mut batches = Vec::new();
         if !snapshot.files.is_empty() {
-            let ctx = parquet_session(lake);
-            let urls: Vec<String> = snapshot
-                .files
-                .iter()
-                .map(|f| format!("{}{}", lake.root_url(), f.path))
-                .collect();
-            let frame = ctx
-                .read_parquet(urls, ParquetReadOptions::default())
+            let frame = read_files(lake, snapshot.files.iter())
                 .await?
                 .filter(col("id").between(lit(from), lit(upto)))?;
             for batch in frame.collect().await? {
@@ -380,14 +373,7 @@ impl Tenant {
         if snapshot.files.is_empty() {
             return Ok(0);
         }
-        let ctx = parquet_session(lake);
-        let urls: Vec<String> = snapshot
-            .files
-            .iter()
-            .map(|f| format!("{}{}", lake.root_url(), f.path))
-            .collect();
-        let batches = ctx
-            .read_parquet(urls, ParquetReadOptions::default())
+        let batches = read_files(lake, snapshot.files.iter())
             .await?
             .aggregate(
                 vec![],
@@ -409,15 +395,11 @@ impl Tenant {
             return Ok(());
         };
         let window_days = (window_micros / MICROS_PER_DAY + 1) as i32;
-        let urls: Vec<String> = snapshot
+        let recent = snapshot
             .files
             .iter()
-            .filter(|f| f.day >= newest_day - window_days)
-            .map(|f| format!("{}{}", lake.root_url(), f.path))
-            .collect();
-        let ctx = parquet_session(lake);
-        let mut stream = ctx
-            .read_parquet(urls, ParquetReadOptions::default())
+            .filter(|f| f.day >= newest_day - window_days);
+        let mut stream = read_files(lake, recent)
             .await?
             .select_columns(&["drone_id", "seq", "time"])?
             .execute_stream()
@@ -642,8 +624,11 @@ impl Engine {
     }
 }
 
-/// A DataFusion session reading the lake's Parquet files with plain Arrow types.
-fn parquet_session(lake: &Lake) -> SessionContext {
+/// The rows of committed `files` (without the partition column), read with plain Arrow types.
+async fn read_files(
+    lake: &Lake,
+    files: impl Iterator<Item = &table::DataFile>,
+) -> Result<datafusion::dataframe::DataFrame> {
     let mut config = datafusion::prelude::SessionConfig::new();
     config
         .options_mut()
@@ -651,8 +636,12 @@ fn parquet_session(lake: &Lake) -> SessionContext {
         .parquet
         .schema_force_view_types = false;
     let ctx = SessionContext::new_with_config(config);
-    ctx.register_object_store(&lake.root_url(), lake.root_store.clone());
-    ctx
+    let root = lake.root_url();
+    ctx.register_object_store(&root, lake.root_store.clone());
+    let urls: Vec<String> = files.map(|f| format!("{root}{}", f.path)).collect();
+    Ok(ctx
+        .read_parquet(urls, ParquetReadOptions::default())
+        .await?)
 }
 
 /// Longest wait between two attempts of a failing flush.
