@@ -219,7 +219,7 @@ impl FlightSqlService for VigieFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.flight_info(
             &schema,
             query.as_any().encode_to_vec(),
@@ -334,7 +334,7 @@ impl FlightSqlService for VigieFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.flight_info(
             &schema,
             query.as_any().encode_to_vec(),
