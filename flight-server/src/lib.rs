@@ -20,7 +20,9 @@ use arrow_flight::sql::{
     CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
     CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+};
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -117,6 +119,24 @@ impl VigieFlightSql {
     }
 }
 
+/// The user name of an `authorization: Basic …` header; the base64 may lack its padding.
+fn basic_user(header: &str) -> Result<String, Status> {
+    use base64::Engine as _;
+    let encoded = header
+        .strip_prefix("Basic ")
+        .ok_or_else(|| Status::unauthenticated("the handshake expects Basic credentials"))?
+        .trim();
+    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .map_err(|_| Status::unauthenticated("Basic credentials are not valid base64"))?;
+    let text = String::from_utf8(decoded)
+        .map_err(|_| Status::unauthenticated("Basic credentials are not UTF-8"))?;
+    let (user, _password) = text
+        .split_once(':')
+        .ok_or_else(|| Status::unauthenticated("Basic credentials must be user:password"))?;
+    Ok(user.to_string())
+}
+
 fn one_batch<E: std::fmt::Display>(
     schema: arrow::datatypes::SchemaRef,
     batch: Result<arrow::array::RecordBatch, E>,
@@ -145,6 +165,47 @@ fn stream_batches(
 #[tonic::async_trait]
 impl FlightSqlService for VigieFlightSql {
     type FlightService = VigieFlightSql;
+
+    /// Basic credentials (base64 with or without padding: ADBC's Go driver omits it, pyarrow
+    /// keeps it) give a Bearer token, in the `authorization` header and the payload. In the open
+    /// single-tenant mode any well-formed credentials are accepted.
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))
+            })
+            .transpose()?;
+        let user = match header {
+            Some(h) => Some(basic_user(h)?),
+            None => None,
+        };
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        info!(
+            user = user.as_deref().unwrap_or("<none>"),
+            "Flight SQL handshake"
+        );
+        let answer = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into_bytes().into(),
+        };
+        let mut response: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("cannot encode the token"))?;
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
+    }
 
     async fn get_flight_info_statement(
         &self,
@@ -357,4 +418,25 @@ impl FlightSqlService for VigieFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_with_and_without_padding() {
+        // "ana:pw" is "YW5hOnB3" (no padding needed); "bo:pw1" is "Ym86cHcx"; "al:p" needs "==".
+        assert_eq!(basic_user("Basic YW5hOnB3").unwrap(), "ana");
+        assert_eq!(basic_user("Basic YWw6cA==").unwrap(), "al");
+        assert_eq!(basic_user("Basic YWw6cA").unwrap(), "al");
+        assert_eq!(
+            basic_user("Bearer x").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            basic_user("Basic !!!").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
 }

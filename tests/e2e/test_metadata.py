@@ -30,3 +30,26 @@ def test_get_objects_and_table_schema(start_vigie):
         assert conn.adbc_get_table_types() == ["TABLE", "VIEW"]
         info = conn.adbc_get_info()
         assert info["vendor_name"] == "Vigie"
+
+
+def test_handshake_basic_in_both_base64_forms(start_vigie):
+    import base64
+
+    import pyarrow.flight as flight
+
+    vigie = start_vigie()
+    # pyarrow: padded base64 ("al:p" needs "=="); the answer is a Bearer token header.
+    client = flight.FlightClient(vigie.uri)
+    key, value = client.authenticate_basic_token("al", "p")
+    assert key == b"authorization" and value.startswith(b"Bearer ")
+    # ADBC's Go driver sends the same credentials without padding.
+    assert not base64.b64encode(b"al:p").rstrip(b"=").endswith(b"=")
+    with flightsql.connect(vigie.uri, db_kwargs={"username": "al", "password": "p"}) as conn, \
+            conn.cursor() as cur:
+        cur.execute("SELECT 1 AS one")
+        assert cur.fetchall() == [(1,)]
+    # The token is accepted on later calls.
+    with flightsql.connect(vigie.uri, db_kwargs={
+            "adbc.flight.sql.authorization_header": value.decode()}) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM reports")
+        assert cur.fetchall() == [(0,)]
