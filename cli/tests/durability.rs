@@ -206,3 +206,88 @@ async fn torn_wal_tail_is_cut_and_complete_records_recovered() {
         .into_inner();
     assert_eq!(answer.accepted, 10);
 }
+
+#[tokio::test]
+async fn a_full_buffer_refuses_streamed_writes_with_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is flushed and the buffer holds at most 1 MiB: the stream must be refused, not grow.
+    let server = Server::start(
+        &dir.path().join("d"),
+        &["--flush-interval", "1h", "--max-buffer-bytes", "1048576"],
+    );
+    let requests = (0..2_000u64).map(|i| WriteRequest {
+        reports: (0..100)
+            .map(|k| report("full", i * 100 + k, &[("Ana", 50.0)]))
+            .collect(),
+    });
+    let mut responses = server
+        .ingest()
+        .await
+        .write_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut accepted = 0u64;
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(r)) => accepted += u64::from(r.accepted),
+            Ok(None) => panic!("the stream ended without refusing"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry later"), "{status:?}");
+    assert!(accepted > 0);
+    // What was acknowledged is there.
+    let n = keys(
+        &server
+            .query("SELECT drone_id, seq FROM reports")
+            .await
+            .unwrap(),
+    )
+    .len() as u64;
+    assert!(n >= accepted, "{n} < {accepted}");
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("d"), &["--shutdown-timeout", "60s"]);
+    // An open stream keeps the graceful shutdown waiting.
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(1);
+    tx.send(WriteRequest {
+        reports: vec![report("s", 1, &[])],
+    })
+    .await
+    .unwrap();
+    let mut responses = server
+        .ingest()
+        .await
+        .write_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(responses.message().await.unwrap().unwrap().accepted, 1);
+    let pid = server.pid();
+    let signal = |pid: u32| {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        server.running(),
+        "the first signal waits for the open stream"
+    );
+    let began = Instant::now();
+    signal(pid);
+    let status = server.wait();
+    assert!(began.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    drop(tx);
+}

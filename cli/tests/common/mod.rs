@@ -74,6 +74,34 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_none())
+    }
+
+    /// Waits for the process to exit (at most 60 s).
+    pub fn wait(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let began = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "vigie did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no flush, no cleanup.
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
