@@ -11,17 +11,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::error::ArrowError;
+use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
 };
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
@@ -117,6 +121,12 @@ impl VigieFlightSql {
                     .with_descriptor(descriptor)
             })
     }
+}
+
+/// The SQL text of a (stateless) prepared statement handle.
+fn handle_sql(handle: &[u8]) -> Result<String, Status> {
+    String::from_utf8(handle.to_vec())
+        .map_err(|_| Status::invalid_argument("the prepared statement handle is not Vigie's"))
 }
 
 /// The user name of an `authorization: Basic …` header; the base64 may lack its padding.
@@ -273,6 +283,73 @@ impl FlightSqlService for VigieFlightSql {
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
         one_batch(schema, builder.build())
+    }
+
+    /// Stateless handles: the handle is the SQL text, planned again on execution (the JDBC driver
+    /// prepares every query). Parameters (`?` bound through DoPut) are not supported yet.
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let frame = self
+            .sql
+            .plan(&query.query)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let schema = plain_schema(frame.schema().as_arrow());
+        let encode = |schema: &arrow::datatypes::Schema| -> Result<bytes::Bytes, Status> {
+            let message: Result<IpcMessage, ArrowError> =
+                SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into();
+            message
+                .map(|IpcMessage(bytes)| bytes)
+                .map_err(|e| Status::internal(format!("cannot encode a schema: {e}")))
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: query.query.into_bytes().into(),
+            dataset_schema: encode(&schema)?,
+            parameter_schema: encode(&arrow::datatypes::Schema::empty())?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Stateless handles: nothing to free.
+        Ok(())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let sql = handle_sql(&query.prepared_statement_handle)?;
+        let frame = self.sql.plan(&sql).await.map_err(|e| status_of(&e))?;
+        let schema = plain_schema(frame.schema().as_arrow());
+        self.flight_info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+        .map(Response::new)
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let sql = handle_sql(&query.prepared_statement_handle)?;
+        self.do_get_statement(
+            TicketStatementQuery {
+                statement_handle: sql.into_bytes().into(),
+            },
+            request,
+        )
+        .await
     }
 
     async fn get_flight_info_catalogs(

@@ -53,3 +53,20 @@ def test_handshake_basic_in_both_base64_forms(start_vigie):
             "adbc.flight.sql.authorization_header": value.decode()}) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM reports")
         assert cur.fetchall() == [(0,)]
+
+
+def test_prepared_statement_reused_several_times(start_vigie):
+    from conftest import simulate
+
+    vigie = start_vigie()
+    simulate(vigie.addr, "--drones", "3", "--reports-per-drone", "5", "--start", "2026-01-01T00:00:00Z")
+    sql = "SELECT drone_id, count(*) AS n FROM reports GROUP BY drone_id ORDER BY drone_id"
+    with flightsql.connect(vigie.uri) as conn, conn.cursor() as cur:
+        parameters = cur.adbc_prepare(sql)
+        assert parameters.names == []
+        for _ in range(3):
+            cur.execute(sql)
+            table = cur.fetch_arrow_table()
+            assert table.schema.names == ["drone_id", "n"]
+            assert [tuple(r.values()) for r in table.to_pylist()] == [
+                ("drone-00000", 5), ("drone-00001", 5), ("drone-00002", 5)]
