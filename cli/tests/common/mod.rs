@@ -147,24 +147,13 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit status (at most 60 s).
-    pub fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+    pub fn terminate(self) -> ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
-        let began = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(60),
-                "vigie did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait()
     }
 }
 
