@@ -10,15 +10,15 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::{filter, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimestampMicrosecondType};
 use datafusion::common::DFSchema;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
@@ -27,26 +27,39 @@ use tokio::sync::mpsc;
 use vigie_proto::Timestamp;
 use vigie_proto::v1::Alert;
 
-use crate::schema::{TableKind, day_of_micros, timestamp_type, word_item_field};
+use crate::schema::{TableKind, citizen_fields, day_of_micros};
 use crate::wal::WalPosition;
 use crate::{Error, Result};
 
 /// The rule used when none is configured.
 pub const DEFAULT_RULE: (&str, &str) = ("low_score", "score < 20");
 
-/// The row a rule sees: one sighting of one citizen, with its report's words.
+/// The row a rule sees: one sighting of one citizen, with its report's words. Built once from the
+/// `reports` columns it shares, plus the citizen's `name` and `score` (as `citizen`, `score`).
 pub fn sighting_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("drone_id", DataType::Utf8, false),
-        Field::new("seq", DataType::Int64, false),
-        Field::new("time", timestamp_type(), false),
-        Field::new("latitude", DataType::Float64, false),
-        Field::new("longitude", DataType::Float64, false),
-        Field::new("citizen", DataType::Utf8, true),
-        Field::new("score", DataType::Float64, true),
-        Field::new("words", DataType::List(word_item_field()), true),
-    ]))
+    SIGHTING_SCHEMA.clone()
 }
+
+static SIGHTING_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let reports = TableKind::Reports.schema();
+    let report_field = |name: &str| {
+        reports
+            .field_with_name(name)
+            .expect("a reports column")
+            .clone()
+    };
+    let citizen = citizen_fields();
+    Arc::new(Schema::new(vec![
+        report_field("drone_id"),
+        report_field("seq"),
+        report_field("time"),
+        report_field("latitude"),
+        report_field("longitude"),
+        citizen[0].as_ref().clone().with_name("citizen"),
+        citizen[1].as_ref().clone(),
+        report_field("words"),
+    ]))
+});
 
 /// One compiled rule.
 #[derive(Debug)]

@@ -107,6 +107,21 @@ impl VigieFlightSql {
         FlightServiceServer::new(self)
     }
 
+    /// The FlightInfo of a command answered by DoGet with the command itself as ticket.
+    fn command_info(
+        &self,
+        schema: &arrow::datatypes::Schema,
+        command: &impl ProstMessageExt,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.flight_info(
+            schema,
+            command.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+        .map(Response::new)
+    }
+
     fn flight_info(
         &self,
         schema: &arrow::datatypes::Schema,
@@ -270,9 +285,7 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        let ticket = query.as_any().encode_to_vec();
-        self.flight_info(&schema, ticket, request.into_inner())
-            .map(Response::new)
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_sql_info(
@@ -329,12 +342,7 @@ impl FlightSqlService for VigieFlightSql {
         let sql = handle_sql(&query.prepared_statement_handle)?;
         let frame = self.sql.plan(&sql).await.map_err(|e| status_of(&e))?;
         let schema = plain_schema(frame.schema().as_arrow());
-        self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
-        .map(Response::new)
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_prepared_statement(
@@ -358,12 +366,7 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
-        .map(Response::new)
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_catalogs(
@@ -385,12 +388,7 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
-        .map(Response::new)
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_schemas(
@@ -417,12 +415,7 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
-        .map(Response::new)
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_tables(
@@ -473,12 +466,7 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
-        .map(Response::new)
+        self.command_info(&schema, &query, request)
     }
 
     async fn do_get_table_types(
