@@ -203,7 +203,7 @@ async fn a_slow_subscriber_is_told_where_to_resume() {
 #[test]
 fn a_bad_rule_stops_start_up_naming_the_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigie"))
+    let output = std::process::Command::new(common::vigie_bin())
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(["--alert-rule", "broken=score <"])
@@ -212,7 +212,7 @@ fn a_bad_rule_stops_start_up_naming_the_rule() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("alert rule \"broken\""), "{stderr}");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigie"))
+    let output = std::process::Command::new(common::vigie_bin())
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(["--alert-rule", "sum=score + 1"])

@@ -179,7 +179,12 @@ async fn fixture() -> SqlEngine {
 #[tokio::main]
 async fn main() {
     let db = Db(fixture().await);
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    // The run-time value first: cargo sets it when running tests, and it follows the checkout even
+    // when this binary was compiled from another one sharing the target dir.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let dir = manifest_dir.join("tests/slt");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -36,7 +36,7 @@ impl Server {
             .append(true)
             .open(&log)
             .expect("open the server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        let mut child = Command::new(vigie_bin())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -213,4 +213,23 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The `vigie` binary under test: cargo's `CARGO_BIN_EXE_vigie` (run-time, then compile-time
+/// value), else the `vigie` next to this test's `deps/` directory. The fallback matters when this
+/// test binary was compiled in another checkout sharing the target dir (sources unchanged, so cargo
+/// did not rebuild it and the compiled-in path points elsewhere).
+pub fn vigie_bin() -> std::path::PathBuf {
+    let candidates = [
+        std::env::var_os("CARGO_BIN_EXE_vigie").map(Into::into),
+        Some(env!("CARGO_BIN_EXE_vigie").into()),
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("vigie"))),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|path: &std::path::PathBuf| path.is_file())
+        .expect("the vigie binary (build it with cargo test --workspace)")
 }
