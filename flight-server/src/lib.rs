@@ -1,46 +1,74 @@
 //! Vigie's Arrow Flight SQL service: analysts' SQL over all history and the live buffer.
 //!
 //! ```text
-//! client ─GetFlightInfo(CommandStatementQuery)─▶ plan (schema) ─▶ FlightInfo{ticket = statement}
-//! client ─DoGet(ticket)──▶ SqlEngine::plan ─▶ execute_stream ─▶ plain Arrow ─▶ FlightData stream
+//! CreatePreparedStatement(sql) ─▶ handle {sql}, dataset + parameter schemas
+//! DoPut(handle, parameter rows) ─▶ handle {sql, rows}            (stateless: see `handle`)
+//! GetFlightInfo(statement | handle) ─▶ SqlEngine::statement ─▶ bind ─▶ physical plan ─▶ PlanCache
+//!                                   ─▶ FlightInfo { ticket = handle + plan id }
+//! DoGet(ticket) ─▶ PlanCache::take (or plan again from the SQL) ─▶ execute_stream
+//!               ─▶ plain Arrow batches as they come ─▶ FlightData stream
 //! ```
-//! Errors become statuses in [`status_of`]: user mistakes `INVALID_ARGUMENT`, overload
-//! `RESOURCE_EXHAUSTED`, the rest `INTERNAL`.
+//! Metadata commands (SqlInfo, XdbcTypeInfo, catalogs, schemas, tables, keys) answer from the
+//! session's catalog and `metadata`. Errors become statuses in [`status_of`]: user mistakes
+//! `INVALID_ARGUMENT`, overload `RESOURCE_EXHAUSTED`, unsupported commands `UNIMPLEMENTED` naming
+//! the command, the rest `INTERNAL`.
+
+mod cache;
+mod handle;
+mod metadata;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arrow::error::ArrowError;
 use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
-use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
+    ActionBeginSavepointRequest, ActionBeginSavepointResult, ActionBeginTransactionRequest,
+    ActionBeginTransactionResult, ActionCancelQueryRequest, ActionCancelQueryResult,
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedStatementResult, ActionCreatePreparedSubstraitPlanRequest,
+    ActionEndSavepointRequest, ActionEndTransactionRequest, Command, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementSubstraitPlan,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
     IpcMessage, SchemaAsIpc, Ticket,
 };
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 use vigie_sql::{Error as SqlError, SqlEngine, plain_schema, to_plain};
 
+use crate::cache::TtlCache;
+use crate::handle::Handle;
+
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 /// The status a Flight SQL client sees for a SQL error.
 pub fn status_of(error: &SqlError) -> Status {
     match error {
-        SqlError::ReadOnly(m) => Status::invalid_argument(m.clone()),
+        SqlError::ReadOnly(m) | SqlError::Parameters(m) => Status::invalid_argument(m.clone()),
         SqlError::DataFusion(e) => datafusion_status(e),
     }
 }
@@ -74,31 +102,56 @@ fn datafusion_status(error: &DataFusionError) -> Status {
 pub struct VigieFlightSql {
     sql: SqlEngine,
     sql_info: Arc<SqlInfoData>,
+    xdbc_types: Arc<XdbcTypeInfoData>,
+    /// Physical plans waiting for their DoGet, by plan id, with the statement key they are for.
+    plans: Arc<TtlCache<u64, (Bytes, Planned)>>,
+    next_plan: Arc<AtomicU64>,
+    /// Parameters bound through DoPut, by the handle CreatePreparedStatement returned.
+    bindings: Arc<TtlCache<Bytes, Bytes>>,
+}
+
+/// A statement's physical plans (one per bound parameter row) and the context to run them.
+#[derive(Clone)]
+struct Planned {
+    /// The result columns in the plain types sent to clients.
+    schema: SchemaRef,
+    plans: Vec<Arc<dyn ExecutionPlan>>,
+    task: Arc<TaskContext>,
 }
 
 impl std::fmt::Debug for VigieFlightSql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VigieFlightSql")
             .field("sql", &self.sql)
+            .field("waiting_plans", &self.plans.len())
+            .field("bindings", &self.bindings.len())
             .finish()
     }
 }
 
+/// How many physical plans may wait for their DoGet, and for how long. A waiting plan holds a
+/// snapshot of the buffer, hence the short life.
+const PLAN_CACHE_CAPACITY: usize = 256;
+const PLAN_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How many prepared statements' bound parameters are remembered, and for how long.
+const BINDINGS_CAPACITY: usize = 4096;
+const BINDINGS_TTL: Duration = Duration::from_secs(3600);
+
 impl VigieFlightSql {
     /// A service answering with `sql`.
     pub fn new(sql: SqlEngine) -> Result<Self, FlightError> {
-        let mut info = SqlInfoDataBuilder::new();
-        info.append(SqlInfo::FlightSqlServerName, "Vigie");
-        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-        info.append(SqlInfo::FlightSqlServerArrowVersion, "59.3.2");
-        info.append(SqlInfo::FlightSqlServerReadOnly, true);
-        info.append(SqlInfo::FlightSqlServerSql, true);
-        info.append(SqlInfo::FlightSqlServerSubstrait, false);
-        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        let sql_info = metadata::sql_info(&sql.context().state())?;
         Ok(Self {
             sql,
-            sql_info: Arc::new(info.build()?),
+            sql_info: Arc::new(sql_info),
+            xdbc_types: Arc::new(metadata::xdbc_type_info()?),
+            plans: Arc::new(TtlCache::new(PLAN_CACHE_CAPACITY, PLAN_CACHE_TTL)),
+            // Plan ids differ across restarts, so an old ticket rarely names a new plan (and a
+            // plan is only used when its statement key matches too).
+            next_plan: Arc::new(AtomicU64::new(u64::from(
+                uuid::Uuid::new_v4().as_fields().0,
+            ))),
+            bindings: Arc::new(TtlCache::new(BINDINGS_CAPACITY, BINDINGS_TTL)),
         })
     }
 
@@ -136,12 +189,116 @@ impl VigieFlightSql {
                     .with_descriptor(descriptor)
             })
     }
+
+    /// `handle` with the parameters DoPut bound to it, when the client sent back the handle
+    /// CreatePreparedStatement made rather than the one DoPut returned.
+    fn with_bindings(&self, mut handle: Handle) -> Handle {
+        if handle.parameters.is_empty()
+            && !handle.id.is_empty()
+            && let Some(parameters) = self.bindings.get(&handle.binding_key())
+        {
+            handle.parameters = parameters;
+        }
+        handle
+    }
+
+    /// Plans `handle`'s statement to physical plans: one per bound parameter row, or one.
+    async fn physical(&self, handle: &Handle) -> Result<Planned, Status> {
+        let statement = self
+            .sql
+            .statement(&handle.sql)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let schema = statement.schema();
+        let frames = match handle.parameter_rows()? {
+            None => vec![statement.into_frame().map_err(|e| status_of(&e))?],
+            Some(rows) => rows
+                .into_iter()
+                .map(|row| statement.clone().bind(row))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| status_of(&e))?,
+        };
+        let task = Arc::new(frames[0].task_ctx());
+        let mut plans = Vec::with_capacity(frames.len());
+        for frame in frames {
+            plans.push(
+                frame
+                    .create_physical_plan()
+                    .await
+                    .map_err(|e| datafusion_status(&e))?,
+            );
+        }
+        Ok(Planned {
+            schema,
+            plans,
+            task,
+        })
+    }
+
+    /// GetFlightInfo for a statement: plans it once and names the plan in the ticket.
+    async fn statement_info(
+        &self,
+        handle: Handle,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = self.with_bindings(handle);
+        let planned = self.physical(&handle).await?;
+        let schema = planned.schema.clone();
+        let plan = self.next_plan.fetch_add(1, Ordering::Relaxed).max(1);
+        self.plans.insert(plan, (handle.statement_key(), planned));
+        let ticket = TicketStatementQuery {
+            statement_handle: Handle { plan, ..handle }.to_bytes(),
+        }
+        .as_any()
+        .encode_to_vec();
+        self.flight_info(&schema, ticket, descriptor)
+            .map(Response::new)
+    }
+
+    /// DoGet for a statement: runs the plan GetFlightInfo made, or plans again when it is gone,
+    /// and streams the batches as they are produced.
+    async fn run(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
+        let handle = self.with_bindings(handle);
+        let planned = match self.plans.take(&handle.plan) {
+            Some((key, planned)) if key == handle.statement_key() => planned,
+            _ => self.physical(&handle).await?,
+        };
+        info!(sql = %handle.sql, "query");
+        let Planned {
+            schema,
+            plans,
+            task,
+        } = planned;
+        let out_schema = schema.clone();
+        let batches = futures::stream::iter(plans)
+            .flat_map(move |plan| match execute_stream(plan, task.clone()) {
+                Ok(stream) => stream.boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            })
+            .map(move |batch| {
+                batch
+                    .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))
+                    .and_then(|b| {
+                        to_plain(&b, &out_schema)
+                            .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
+                    })
+            });
+        Ok(Response::new(stream_batches(schema, batches)))
+    }
 }
 
-/// The SQL text of a (stateless) prepared statement handle.
-fn handle_sql(handle: &[u8]) -> Result<String, Status> {
-    String::from_utf8(handle.to_vec())
-        .map_err(|_| Status::invalid_argument("the prepared statement handle is not Vigie's"))
+/// A schema as the IPC message prepared-statement results carry.
+fn schema_bytes(schema: &arrow::datatypes::Schema) -> Result<bytes::Bytes, Status> {
+    let message: Result<IpcMessage, ArrowError> =
+        SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into();
+    message
+        .map(|IpcMessage(bytes)| bytes)
+        .map_err(|e| Status::internal(format!("cannot encode a schema: {e}")))
+}
+
+/// The status for a command Vigie does not implement, naming it.
+fn unsupported(command: &str, why: &str) -> Status {
+    Status::unimplemented(format!("Vigie does not implement {command}: {why}"))
 }
 
 /// The user name of an `authorization: Basic …` header; the base64 may lack its padding.
@@ -238,19 +395,8 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         debug!(sql = %query.query, "GetFlightInfo statement");
-        let frame = self
-            .sql
-            .plan(&query.query)
+        self.statement_info(Handle::new(query.query), request.into_inner())
             .await
-            .map_err(|e| status_of(&e))?;
-        let schema = plain_schema(frame.schema().as_arrow());
-        let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
-        }
-        .as_any()
-        .encode_to_vec();
-        self.flight_info(&schema, ticket, request.into_inner())
-            .map(Response::new)
     }
 
     async fn do_get_statement(
@@ -258,25 +404,8 @@ impl FlightSqlService for VigieFlightSql {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let sql = String::from_utf8(ticket.statement_handle.to_vec())
-            .map_err(|_| Status::invalid_argument("statement handle is not UTF-8 SQL"))?;
-        let frame = self.sql.plan(&sql).await.map_err(|e| status_of(&e))?;
-        let schema = plain_schema(frame.schema().as_arrow());
-        let stream = frame
-            .execute_stream()
+        self.run(Handle::from_bytes(&ticket.statement_handle)?)
             .await
-            .map_err(|e| datafusion_status(&e))?;
-        let out_schema = schema.clone();
-        let batches = stream.map(move |batch| {
-            batch
-                .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))
-                .and_then(|b| {
-                    to_plain(&b, &out_schema)
-                        .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
-                })
-        });
-        info!(%sql, "query");
-        Ok(Response::new(stream_batches(schema, batches)))
     }
 
     async fn get_flight_info_sql_info(
@@ -298,40 +427,64 @@ impl FlightSqlService for VigieFlightSql {
         one_batch(schema, builder.build())
     }
 
-    /// Stateless handles: the handle is the SQL text, planned again on execution (the JDBC driver
-    /// prepares every query). Parameters (`?` bound through DoPut) are not supported yet.
+    /// Stateless handles (see `handle`): the handle carries the SQL, and the parameter rows once
+    /// DoPut binds them. The JDBC driver prepares every query.
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let frame = self
+        let statement = self
             .sql
-            .plan(&query.query)
+            .statement(&query.query)
             .await
             .map_err(|e| status_of(&e))?;
-        let schema = plain_schema(frame.schema().as_arrow());
-        let encode = |schema: &arrow::datatypes::Schema| -> Result<bytes::Bytes, Status> {
-            let message: Result<IpcMessage, ArrowError> =
-                SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into();
-            message
-                .map(|IpcMessage(bytes)| bytes)
-                .map_err(|e| Status::internal(format!("cannot encode a schema: {e}")))
-        };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
-            dataset_schema: encode(&schema)?,
-            parameter_schema: encode(&arrow::datatypes::Schema::empty())?,
+            prepared_statement_handle: Handle::prepared(query.query).to_bytes(),
+            dataset_schema: schema_bytes(&statement.schema())?,
+            parameter_schema: schema_bytes(statement.parameters())?,
         })
     }
 
     async fn do_action_close_prepared_statement(
         &self,
-        _query: ActionClosePreparedStatementRequest,
+        query: ActionClosePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<(), Status> {
-        // Stateless handles: nothing to free.
+        // Stateless handles: only parameters remembered for old clients to forget.
+        if let Ok(handle) = Handle::from_bytes(&query.prepared_statement_handle) {
+            self.bindings.remove(&handle.binding_key());
+        }
         Ok(())
+    }
+
+    /// Binds the parameter rows sent through DoPut: each row is one execution, and the results
+    /// follow each other. Returns the handle that carries them (Flight SQL 15+ clients use it).
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = Handle::from_bytes(&query.prepared_statement_handle)?;
+        let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(
+            request
+                .into_inner()
+                .map_err(|e| FlightError::Tonic(Box::new(e))),
+        )
+        .try_collect()
+        .await
+        .map_err(|e| match e {
+            FlightError::Tonic(status) => *status,
+            other => Status::invalid_argument(format!("cannot read the parameters: {other}")),
+        })?;
+        let handle = handle.with_parameters(&batches)?;
+        // Bind now, so that a wrong count or type fails here rather than at execution.
+        self.physical(&handle).await?;
+        self.bindings
+            .insert(handle.binding_key(), handle.parameters.clone());
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.to_bytes()),
+        })
     }
 
     async fn get_flight_info_prepared_statement(
@@ -339,25 +492,258 @@ impl FlightSqlService for VigieFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = handle_sql(&query.prepared_statement_handle)?;
-        let frame = self.sql.plan(&sql).await.map_err(|e| status_of(&e))?;
-        let schema = plain_schema(frame.schema().as_arrow());
-        self.command_info(&schema, &query, request)
+        let handle = Handle::from_bytes(&query.prepared_statement_handle)?;
+        self.statement_info(handle, request.into_inner()).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        request: Request<Ticket>,
+        _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let sql = handle_sql(&query.prepared_statement_handle)?;
-        self.do_get_statement(
-            TicketStatementQuery {
-                statement_handle: sql.into_bytes().into(),
-            },
-            request,
-        )
-        .await
+        self.run(Handle::from_bytes(&query.prepared_statement_handle)?)
+            .await
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder(&self.xdbc_types).schema();
+        self.command_info(&schema, &query, request)
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let builder = query.into_builder(&self.xdbc_types);
+        let schema = builder.schema();
+        one_batch(schema, builder.build())
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.command_info(&metadata::primary_keys().schema(), &query, request)
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = metadata::primary_keys();
+        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.command_info(&metadata::foreign_keys().schema(), &query, request)
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = metadata::foreign_keys();
+        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.command_info(&metadata::foreign_keys().schema(), &query, request)
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = metadata::foreign_keys();
+        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.command_info(&metadata::foreign_keys().schema(), &query, request)
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = metadata::foreign_keys();
+        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+    }
+
+    async fn get_flight_info_substrait_plan(
+        &self,
+        _query: CommandStatementSubstraitPlan,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(unsupported(
+            "CommandStatementSubstraitPlan",
+            "send SQL instead",
+        ))
+    }
+
+    async fn do_put_substrait_plan(
+        &self,
+        _query: CommandStatementSubstraitPlan,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Err(unsupported(
+            "CommandStatementSubstraitPlan",
+            "send SQL instead",
+        ))
+    }
+
+    async fn do_action_create_prepared_substrait_plan(
+        &self,
+        _query: ActionCreatePreparedSubstraitPlanRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        Err(unsupported(
+            "ActionCreatePreparedSubstraitPlanRequest",
+            "send SQL instead",
+        ))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        _query: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Err(Status::invalid_argument(
+            "Vigie's SQL is read-only: updates (CommandStatementUpdate) are refused; \
+             data arrives through the ingest service",
+        ))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        _query: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Err(Status::invalid_argument(
+            "Vigie's SQL is read-only: updates (CommandPreparedStatementUpdate) are refused; \
+             data arrives through the ingest service",
+        ))
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        _query: CommandStatementIngest,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Err(Status::invalid_argument(
+            "Vigie's SQL is read-only: bulk ingestion (CommandStatementIngest) is refused; \
+             data arrives through the ingest service",
+        ))
+    }
+
+    async fn do_action_begin_transaction(
+        &self,
+        _query: ActionBeginTransactionRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionBeginTransactionResult, Status> {
+        Err(unsupported(
+            "ActionBeginTransactionRequest",
+            "Vigie is read-only and has no transactions",
+        ))
+    }
+
+    async fn do_action_end_transaction(
+        &self,
+        _query: ActionEndTransactionRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        Err(unsupported(
+            "ActionEndTransactionRequest",
+            "Vigie is read-only and has no transactions",
+        ))
+    }
+
+    async fn do_action_begin_savepoint(
+        &self,
+        _query: ActionBeginSavepointRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionBeginSavepointResult, Status> {
+        Err(unsupported(
+            "ActionBeginSavepointRequest",
+            "Vigie is read-only and has no transactions",
+        ))
+    }
+
+    async fn do_action_end_savepoint(
+        &self,
+        _query: ActionEndSavepointRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        Err(unsupported(
+            "ActionEndSavepointRequest",
+            "Vigie is read-only and has no transactions",
+        ))
+    }
+
+    async fn do_action_cancel_query(
+        &self,
+        _query: ActionCancelQueryRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        Err(unsupported(
+            "ActionCancelQueryRequest",
+            "a query stops when its client drops the DoGet stream",
+        ))
+    }
+
+    async fn get_flight_info_fallback(
+        &self,
+        command: Command,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(unsupported(
+            &format!("GetFlightInfo for {}", command.type_url()),
+            "not a Flight SQL command Vigie knows",
+        ))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: arrow_flight::sql::Any,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Err(unsupported(
+            &format!("DoGet for {}", message.type_url),
+            "not a Flight SQL ticket Vigie knows",
+        ))
+    }
+
+    async fn do_put_fallback(
+        &self,
+        _request: Request<PeekableFlightDataStream>,
+        message: arrow_flight::sql::Any,
+    ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
+        Err(unsupported(
+            &format!("DoPut for {}", message.type_url),
+            "not a Flight SQL command Vigie knows",
+        ))
     }
 
     async fn get_flight_info_catalogs(

@@ -10,6 +10,7 @@
 //! as the JDBC driver do not read the others: see [`plain_schema`].
 
 pub mod rules;
+pub mod statement;
 pub mod table;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use vigie_engine::Tenant;
 use vigie_engine::store::Lake;
 
+pub use crate::statement::Statement;
 use crate::table::LiveTableProvider;
 
 /// The catalog every tenant's session shows.
@@ -46,6 +48,9 @@ pub enum Error {
     /// The statement is not a query: Vigie's SQL is read-only.
     #[error("{0}")]
     ReadOnly(String),
+    /// Parameter values do not fit the statement's placeholders (count or type).
+    #[error("{0}")]
+    Parameters(String),
 }
 
 /// The SQL layer's result type.
@@ -98,16 +103,23 @@ impl SqlEngine {
         &self.ctx
     }
 
-    /// Plans a read-only statement (queries, `EXPLAIN`, `SHOW`, `DESCRIBE`).
+    /// Plans a read-only statement (queries, `EXPLAIN`, `SHOW`, `DESCRIBE`) without parameters.
     pub async fn plan(&self, sql: &str) -> Result<DataFrame> {
+        self.statement(sql).await?.into_frame()
+    }
+
+    /// Plans a read-only statement whose `?` or `$n` placeholders get values later
+    /// ([`Statement::bind`]).
+    pub async fn statement(&self, sql: &str) -> Result<Statement> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        let sql = statement::number_placeholders(sql);
         let plan = self
             .ctx
             .state()
-            .create_logical_plan(sql)
+            .create_logical_plan(&sql)
             .await
             .map_err(Error::DataFusion)?;
         options.verify_plan(&plan).map_err(|e| {
@@ -116,7 +128,7 @@ impl SqlEngine {
                 e.find_root()
             ))
         })?;
-        Ok(self.ctx.execute_logical_plan(plan).await?)
+        Statement::new(self.ctx.execute_logical_plan(plan).await?)
     }
 }
 

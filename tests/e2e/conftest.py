@@ -68,3 +68,20 @@ def simulate(target: str | None, *args: str) -> str:
         cmd += ["--target", target]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out.stdout
+
+
+# The columns of `vigie simulate --dump` JSON lines, for DuckDB's read_json.
+DUMP_COLUMNS = (
+    "{drone_id: 'VARCHAR', seq: 'BIGINT', time: 'TIMESTAMPTZ', latitude: 'DOUBLE', "
+    "longitude: 'DOUBLE', citizens: 'STRUCT(name VARCHAR, score DOUBLE)[]', words: 'VARCHAR[]'}"
+)
+
+
+def oracle_rows(dump, sql: str, parameters=None):
+    """Rows of `sql` in DuckDB over the dumped reports, as the view `dump`."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE VIEW dump AS SELECT * FROM read_json('{dump}', columns = {DUMP_COLUMNS})")
+    return [tuple(r) for r in con.execute(sql, parameters).fetchall()]

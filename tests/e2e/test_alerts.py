@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from conftest import ROOT, simulate
-from test_slice import DUMP_COLUMNS
+from conftest import DUMP_COLUMNS
 
 FLEET = ["--drones", "30", "--reports-per-drone", "200", "--seed", "11",
          "--start", "2026-06-01T22:00:00Z", "--batch", "100"]

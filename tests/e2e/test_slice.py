@@ -2,19 +2,13 @@
 against DuckDB over the very reports that were sent, and the Delta table read by `deltalake`."""
 
 import adbc_driver_flightsql.dbapi as flightsql
-import duckdb
 import pytest
 from deltalake import DeltaTable
 
-from conftest import simulate
+from conftest import oracle_rows, simulate
 
 FLEET = ["--drones", "40", "--reports-per-drone", "150", "--seed", "42",
          "--start", "2026-03-01T23:00:00Z", "--batch", "250"]
-
-DUMP_COLUMNS = (
-    "{drone_id: 'VARCHAR', seq: 'BIGINT', time: 'TIMESTAMPTZ', latitude: 'DOUBLE', "
-    "longitude: 'DOUBLE', citizens: 'STRUCT(name VARCHAR, score DOUBLE)[]', words: 'VARCHAR[]'}"
-)
 
 # The same questions asked of Vigie and of DuckDB: (Vigie SQL, DuckDB SQL over `dump`).
 QUESTIONS = [
@@ -46,13 +40,6 @@ def vigie_rows(uri: str, sql: str):
     with flightsql.connect(uri) as conn, conn.cursor() as cur:
         cur.execute(sql)
         return [tuple(r) for r in cur.fetchall()]
-
-
-def oracle_rows(dump, sql: str):
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"CREATE VIEW dump AS SELECT * FROM read_json('{dump}', columns = {DUMP_COLUMNS})")
-    return [tuple(r) for r in con.execute(sql).fetchall()]
 
 
 def check_against_oracle(uri: str, dump):
