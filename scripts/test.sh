@@ -10,6 +10,12 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s ==\n' "$*"; }
 
+step "system tools (openssl makes the TLS test's certificate)"
+if ! command -v openssl >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openssl
+fi
+
 step "Python test environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

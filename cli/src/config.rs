@@ -71,6 +71,13 @@ pub(crate) struct ServeArgs {
     /// POST every alert as JSON to this URL (retried with backoff until a 2xx answer).
     #[arg(long, env = "VIGIE_ALERT_WEBHOOK")]
     pub(crate) alert_webhook: Option<String>,
+    /// PEM certificate chain: serve the gRPC port over TLS (clients use `grpc+tls://`).
+    /// Needs `--tls-key`.
+    #[arg(long, env = "VIGIE_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "VIGIE_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 /// The `--wal` setting.
@@ -108,6 +115,15 @@ struct FileConfig {
     alert_rules: Option<std::collections::BTreeMap<String, String>>,
     alert_queue: Option<usize>,
     alert_webhook: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// The PEM files of the gRPC port's TLS identity.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// The resolved configuration of `vigie serve`.
@@ -130,6 +146,8 @@ pub(crate) struct Config {
     pub(crate) alert_rules: Vec<(String, String)>,
     pub(crate) alert_queue: usize,
     pub(crate) alert_webhook: Option<String>,
+    /// `None`: plaintext gRPC.
+    pub(crate) tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -206,6 +224,14 @@ impl Config {
             },
             alert_queue: args.alert_queue.or(file.alert_queue).unwrap_or(65_536),
             alert_webhook: args.alert_webhook.or(file.alert_webhook),
+            tls: match (
+                args.tls_cert.or(file.tls_cert),
+                args.tls_key.or(file.tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                _ => bail!("TLS needs both --tls-cert and --tls-key (or neither)"),
+            },
             data_dir,
         };
         if let Some(hook) = &config.alert_webhook {

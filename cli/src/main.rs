@@ -3,9 +3,11 @@
 //! ```text
 //! vigie serve     ─ config ─▶ engine (lake, buffer, flusher) ─▶ gRPC port: Ingest, Alerts, Flight SQL
 //! vigie simulate  ─ deterministic fleet ─▶ Ingest.WriteStream (and/or JSON lines)
+//! vigie query     ─ SQL (argument or prompt) ─▶ Flight SQL ─▶ printed table
 //! ```
 
 mod config;
+mod query;
 mod serve;
 mod simulate;
 
@@ -32,6 +34,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Send a deterministic simulated fleet to a server.
     Simulate(simulate::SimulateArgs),
+    /// Run SQL on a server over Flight SQL: one statement, or an interactive prompt.
+    Query(query::QueryArgs),
 }
 
 fn main() -> Result<()> {
@@ -43,6 +47,10 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    // rustls is built with two crypto back-ends in this tree (aws-lc-rs and ring), so it cannot
+    // pick one by itself: TLS (served or dialled) uses aws-lc-rs. An error only means one is
+    // installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -50,6 +58,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(config::Config::resolve(*args)?).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Query(args) => query::run(args).await,
         }
     })
 }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{info, warn};
 use vigie_engine::store::Lake;
 use vigie_engine::{Engine, EngineArgs, WalMode};
@@ -18,7 +19,7 @@ use vigie_flight_server::VigieFlightSql;
 use vigie_ingest::{AlertsService, IngestService};
 use vigie_sql::SqlEngine;
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 
 pub(crate) async fn run(config: Config) -> Result<()> {
     info!(?config, "starting");
@@ -49,13 +50,18 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .context("cannot create the SQL session")?;
     let flight = VigieFlightSql::new(sql).context("cannot create the Flight SQL service")?;
 
+    let scheme = if config.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let addr = listener.local_addr()?;
     // The one line scripts and tests wait for.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on grpc://{addr}")?;
+    writeln!(stdout, "listening on {scheme}://{addr}")?;
     stdout.flush()?;
     info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), "listening");
 
@@ -67,7 +73,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .clone()
         .map(|url| vigie_ingest::webhook::start_webhook(engine.clone(), url, stop_serving.clone()));
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .context("invalid TLS configuration")?;
+    }
+    let server = builder
         .add_service(IngestService::new(engine.clone()).into_server(config.max_message_bytes))
         .add_service(AlertsService::new(engine.clone(), config.alert_queue).into_server())
         .add_service(
@@ -131,6 +143,17 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         (Err(e), None) => return Err(e.context("buffered reports are lost (--wal off)")),
     }
     Ok(())
+}
+
+/// The TLS identity of the gRPC port, from PEM files.
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the TLS {what} {}", path.display()))
+    };
+    let cert = read(&files.cert, "certificate")?;
+    let key = read(&files.key, "key")?;
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
 }
 
 async fn shutdown_signal() {

@@ -30,13 +30,13 @@ class Vigie:
             text=True,
         )
         line = self.proc.stdout.readline().strip()
-        prefix = "listening on grpc://"
-        assert line.startswith(prefix), f"unexpected first line {line!r}"
-        self.addr = line[len(prefix):]
+        prefix = "listening on "
+        assert line.startswith(prefix) and "://" in line, f"unexpected first line {line!r}"
+        self.scheme, self.addr = line[len(prefix):].split("://", 1)
 
     @property
     def uri(self) -> str:
-        return f"grpc://{self.addr}"
+        return f"{self.scheme}://{self.addr}"
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -60,6 +60,12 @@ def start_vigie(tmp_path):
     yield start
     for v in started:
         v.kill()
+
+
+def vigie_query(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `vigie query` with `args`."""
+    return subprocess.run([vigie_bin(), "query", *args], check=check, capture_output=True,
+                          text=True, timeout=60)
 
 
 def simulate(target: str | None, *args: str) -> str:
