@@ -32,6 +32,26 @@ def test_get_objects_and_table_schema(start_vigie):
         assert info["vendor_name"] == "Vigie"
 
 
+def test_get_objects_at_every_depth(start_vigie):
+    vigie = start_vigie()
+    with flightsql.connect(vigie.uri) as conn:
+        catalogs = conn.adbc_get_objects(depth="catalogs").read_all().to_pylist()
+        assert [c["catalog_name"] for c in catalogs] == ["vigie"]
+        schemas = conn.adbc_get_objects(depth="db_schemas").read_all().to_pylist()
+        assert [(c["catalog_name"], [s["db_schema_name"] for s in c["catalog_db_schemas"]])
+                for c in schemas] == [("vigie", ["public"])]
+        # Columns (JDBC getColumns is the same GetTables call with include_schema).
+        full = conn.adbc_get_objects(depth="all", table_name_filter="alerts",
+                                     column_name_filter="%i%").read_all().to_pylist()
+        (table,) = [t for c in full for s in c["catalog_db_schemas"] for t in s["db_schema_tables"]]
+        columns = [(col["column_name"], col["ordinal_position"]) for col in table["table_columns"]]
+        assert columns == [("id", 1), ("drone_id", 3), ("time", 5), ("latitude", 6),
+                           ("longitude", 7), ("citizen", 8), ("raised_at", 10)], columns
+        # A filter that matches nothing is an empty answer, not an error.
+        none = conn.adbc_get_objects(depth="tables", catalog_filter="nope").read_all()
+        assert none.num_rows == 0
+
+
 def test_handshake_basic_in_both_base64_forms(start_vigie):
     import base64
 
