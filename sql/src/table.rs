@@ -1,17 +1,24 @@
 //! [`LiveTableProvider`]: a DataFusion table over a [`LiveTable`]'s consistent snapshot.
 //!
 //! ```text
-//! scan() ─ snapshot ─┬─ committed files ─▶ DataSourceExec(Parquet, partition column `day`, predicate)
+//! scan() ─ snapshot ─┬─ committed files ─ day pruning ─▶ DataSourceExec(Parquet, partition column
+//!                    │                                     `day`, predicate: row groups, pages)
 //!                    └─ buffered batches ─▶ DataSourceExec(memory)
 //!                                  both ─▶ UnionExec (same schema)
 //! ```
+//! Day pruning: a file holds one `day`, so its `day` is known exactly and its `time` lies within
+//! that UTC day; DataFusion's `PruningPredicate` over those bounds drops the files a filter on
+//! `day` or `time` excludes before any of them is opened.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Date32Array, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::Column;
+use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
@@ -24,11 +31,74 @@ use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
+use tracing::debug;
 use vigie_engine::schema::{DAY_COLUMN, file_schema};
-use vigie_engine::table::LiveTable;
+use vigie_engine::table::{DataFile, LiveTable};
+
+/// The column whose values lie within their file's `day` (UTC).
+const TIME_COLUMN: &str = "time";
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// What the `day` partition tells about each file: its `day`, and bounds of its `time`.
+struct DayStatistics<'a> {
+    files: &'a [&'a DataFile],
+}
+
+impl DayStatistics<'_> {
+    fn bounds(&self, column: &Column, end: bool) -> Option<ArrayRef> {
+        match column.name.as_str() {
+            DAY_COLUMN => Some(Arc::new(Date32Array::from_iter_values(
+                self.files.iter().map(|f| f.day),
+            ))),
+            TIME_COLUMN => Some(Arc::new(
+                TimestampMicrosecondArray::from_iter_values(self.files.iter().map(|f| {
+                    let start = i64::from(f.day) * MICROS_PER_DAY;
+                    if end {
+                        start + MICROS_PER_DAY - 1
+                    } else {
+                        start
+                    }
+                }))
+                .with_timezone("UTC"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl PruningStatistics for DayStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bounds(column, false)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bounds(column, true)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.files.len()
+    }
+
+    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        None
+    }
+
+    fn contained(
+        &self,
+        _column: &Column,
+        _values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<BooleanArray> {
+        None
+    }
+}
 
 /// A Vigie table as DataFusion sees it: Delta files and buffer, read at one consistent point.
 pub struct LiveTableProvider {
@@ -95,30 +165,49 @@ impl TableProvider for LiveTableProvider {
                 .build();
             let options = state.table_options().parquet.clone();
             let mut source = ParquetSource::new(table_schema).with_table_parquet_options(options);
+            let mut files: Vec<&DataFile> = snapshot.files.iter().collect();
             if let Some(predicate) = conjunction(filters.iter().cloned()) {
                 let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+                let predicate = state.create_physical_expr(predicate, &df_schema)?;
+                // `None`: nothing to prune with (no bound on `day` or `time`).
+                let pruning = PruningPredicateBuilder::new()
+                    .with_file_schema(self.schema.clone())
+                    .build(predicate.clone());
+                if let Some(pruning) = pruning {
+                    let keep = pruning.prune(&DayStatistics { files: &files })?;
+                    let mut keep = keep.into_iter();
+                    files.retain(|_| keep.next().unwrap_or(true));
+                    debug!(
+                        table = self.table.kind().name(),
+                        kept = files.len(),
+                        pruned = snapshot.files.len() - files.len(),
+                        "day pruning"
+                    );
+                }
+                source = source.with_predicate(predicate);
             }
             // Spread the files over the session's target partitions.
             let partitions = state.config().target_partitions().max(1);
             let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
-            for (i, f) in snapshot.files.iter().enumerate() {
+            for (i, f) in files.iter().enumerate() {
                 groups[i % partitions].push(
                     PartitionedFile::new(f.path.to_string(), f.size)
                         .with_partition_values(vec![ScalarValue::Date32(Some(f.day))]),
                 );
             }
-            let groups = groups
+            let groups: Vec<FileGroup> = groups
                 .into_iter()
                 .filter(|g| !g.is_empty())
                 .map(FileGroup::new)
                 .collect();
-            let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-                .with_file_groups(groups)
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+            if !groups.is_empty() {
+                let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+                    .with_file_groups(groups)
+                    .with_projection_indices(projection.cloned())?
+                    .with_limit(limit)
+                    .build();
+                inputs.push(DataSourceExec::from_data_source(config));
+            }
         }
 
         if !snapshot.buffered.is_empty() {

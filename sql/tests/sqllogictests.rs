@@ -176,9 +176,66 @@ async fn fixture() -> SqlEngine {
     SqlEngine::new(tenant, engine.lake()).await.unwrap()
 }
 
+/// How many committed Parquet files the physical plan of `sql` reads.
+async fn files_read(sql: &SqlEngine, query: &str) -> usize {
+    let plan = sql
+        .plan(query)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string()
+        .matches(".parquet")
+        .count()
+}
+
+/// Filters on `time` or `day` read only the files of the days they allow (the committed part of
+/// the fixture has one file for 2026-01-01 and one for 2026-01-02).
+async fn check_day_pruning(sql: &SqlEngine) {
+    for (query, expected) in [
+        ("SELECT count(*) FROM reports", 2),
+        ("SELECT count(*) FROM reports WHERE drone_id = 'a'", 2),
+        (
+            "SELECT count(*) FROM reports WHERE time >= '2026-01-02T00:00:00Z'",
+            1,
+        ),
+        (
+            "SELECT count(*) FROM reports WHERE time < '2026-01-01T23:59:59Z'",
+            1,
+        ),
+        (
+            "SELECT count(*) FROM reports WHERE day = DATE '2026-01-02'",
+            1,
+        ),
+        (
+            "SELECT count(*) FROM reports WHERE time BETWEEN '2026-01-01T10:00:00Z' AND '2026-01-01T11:00:00Z'",
+            1,
+        ),
+        (
+            "SELECT count(*) FROM reports WHERE time < '2025-06-01T00:00:00Z'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM sightings WHERE time >= '2026-01-02T00:00:00Z'",
+            1,
+        ),
+    ] {
+        let got = files_read(sql, query).await;
+        assert_eq!(
+            got, expected,
+            "{query}: read {got} files, expected {expected}"
+        );
+    }
+    println!("ok   day pruning");
+}
+
 #[tokio::main]
 async fn main() {
     let db = Db(fixture().await);
+    check_day_pruning(&db.0).await;
     // The run-time value first: cargo sets it when running tests, and it follows the checkout even
     // when this binary was compiled from another one sharing the target dir.
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
