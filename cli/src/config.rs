@@ -71,6 +71,21 @@ pub(crate) struct ServeArgs {
     /// POST every alert as JSON to this URL (retried with backoff until a 2xx answer).
     #[arg(long, env = "VIGIE_ALERT_WEBHOOK")]
     pub(crate) alert_webhook: Option<String>,
+    /// How often background maintenance runs (retention, compaction of closed days, vacuum);
+    /// `0s` turns it off [default: 1h].
+    #[arg(long, env = "VIGIE_COMPACT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub(crate) compact_interval: Option<Duration>,
+    /// Size of the files compaction writes [default: 268435456].
+    #[arg(long, env = "VIGIE_COMPACT_TARGET_BYTES")]
+    pub(crate) compact_target_bytes: Option<u64>,
+    /// Files that compaction or retention removed are deleted from storage once removed this
+    /// long ago; queries still running, and other servers, may read them until then [default: 1h].
+    #[arg(long, env = "VIGIE_VACUUM_AFTER", value_parser = humantime::parse_duration)]
+    pub(crate) vacuum_after: Option<Duration>,
+    /// Delete whole days of every table once they ended longer ago than this (the way personal
+    /// data leaves); unset keeps everything.
+    #[arg(long, env = "VIGIE_RETENTION", value_parser = humantime::parse_duration)]
+    pub(crate) retention: Option<Duration>,
     /// PEM certificate chain: serve the gRPC port over TLS (clients use `grpc+tls://`).
     /// Needs `--tls-key`.
     #[arg(long, env = "VIGIE_TLS_CERT", requires = "tls_key")]
@@ -117,6 +132,13 @@ struct FileConfig {
     alert_webhook: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    compact_interval: Option<Duration>,
+    compact_target_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    vacuum_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retention: Option<Duration>,
 }
 
 /// The PEM files of the gRPC port's TLS identity.
@@ -124,6 +146,18 @@ struct FileConfig {
 pub(crate) struct TlsFiles {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
+}
+
+impl Config {
+    /// What a maintenance run does, as of `now`.
+    pub(crate) fn maintenance(&self) -> vigie_engine::compaction::MaintenanceArgs {
+        vigie_engine::compaction::MaintenanceArgs {
+            target_file_bytes: self.compact_target_bytes,
+            retention: self.retention,
+            vacuum_after: self.vacuum_after,
+            now: chrono::Utc::now(),
+        }
+    }
 }
 
 /// The resolved configuration of `vigie serve`.
@@ -148,6 +182,11 @@ pub(crate) struct Config {
     pub(crate) alert_webhook: Option<String>,
     /// `None`: plaintext gRPC.
     pub(crate) tls: Option<TlsFiles>,
+    /// Zero: no background maintenance.
+    pub(crate) compact_interval: Duration,
+    pub(crate) compact_target_bytes: u64,
+    pub(crate) vacuum_after: Duration,
+    pub(crate) retention: Option<Duration>,
 }
 
 impl Config {
@@ -232,6 +271,19 @@ impl Config {
                 (None, None) => None,
                 _ => bail!("TLS needs both --tls-cert and --tls-key (or neither)"),
             },
+            compact_interval: args
+                .compact_interval
+                .or(file.compact_interval)
+                .unwrap_or(Duration::from_secs(3600)),
+            compact_target_bytes: args
+                .compact_target_bytes
+                .or(file.compact_target_bytes)
+                .unwrap_or(256 << 20),
+            vacuum_after: args
+                .vacuum_after
+                .or(file.vacuum_after)
+                .unwrap_or(Duration::from_secs(3600)),
+            retention: args.retention.or(file.retention),
             data_dir,
         };
         if let Some(hook) = &config.alert_webhook {
@@ -255,6 +307,15 @@ impl Config {
         }
         if config.flush_rows == 0 {
             bail!("--flush-rows must be at least 1");
+        }
+        if config.compact_target_bytes < 1 << 20 {
+            bail!("--compact-target-bytes must be at least 1048576 (1 MiB)");
+        }
+        if config
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(86_400))
+        {
+            bail!("--retention must be at least 1d: whole days are deleted");
         }
         if config.max_message_bytes < 1024 {
             bail!("--max-message-bytes must be at least 1024");

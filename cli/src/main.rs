@@ -4,6 +4,7 @@
 //! vigie serve     ─ config ─▶ engine (lake, buffer, flusher) ─▶ gRPC port: Ingest, Alerts, Flight SQL
 //! vigie simulate  ─ deterministic fleet ─▶ Ingest.WriteStream (and/or JSON lines)
 //! vigie query     ─ SQL (argument or prompt) ─▶ Flight SQL ─▶ printed table
+//! vigie compact   ─ lake ─▶ retention, compaction, vacuum of every tenant's tables, once
 //! ```
 
 mod config;
@@ -36,6 +37,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Run SQL on a server over Flight SQL: one statement, or an interactive prompt.
     Query(query::QueryArgs),
+    /// Run table maintenance once (retention, compaction of closed days, vacuum) on a lake,
+    /// with `serve`'s options; safe while servers run on the same lake.
+    Compact(Box<config::ServeArgs>),
 }
 
 fn main() -> Result<()> {
@@ -59,6 +63,29 @@ fn main() -> Result<()> {
             Command::Serve(args) => serve::run(config::Config::resolve(*args)?).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Query(args) => query::run(args).await,
+            Command::Compact(args) => compact(config::Config::resolve(*args)?).await,
         }
     })
+}
+
+/// `vigie compact`: one maintenance run over every tenant's tables, with a line per table.
+async fn compact(config: config::Config) -> Result<()> {
+    use anyhow::Context;
+    let lake = vigie_engine::store::Lake::open(&config.object_store)
+        .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
+    let reports = vigie_engine::compaction::maintain_lake(&lake, &config.maintenance())
+        .await
+        .context("maintenance failed")?;
+    for (tenant, kind, r) in reports {
+        println!(
+            "{tenant}/{}: days_expired={} days_compacted={} files_removed={} files_added={} files_vacuumed={}",
+            kind.name(),
+            r.days_expired.len(),
+            r.days_compacted.len(),
+            r.files_removed,
+            r.files_added,
+            r.files_vacuumed
+        );
+    }
+    Ok(())
 }

@@ -68,6 +68,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let stop_serving = CancellationToken::new();
     let stop_flushing = CancellationToken::new();
     let flusher = engine.start_flusher(stop_flushing.clone());
+    let maintenance = (!config.compact_interval.is_zero()).then(|| {
+        engine.start_maintenance(
+            config.compact_interval,
+            config.maintenance(),
+            stop_serving.clone(),
+        )
+    });
     let webhook = config
         .alert_webhook
         .clone()
@@ -122,6 +129,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     stop_serving.cancel();
     if let Some(webhook) = webhook {
         let _ = webhook.await;
+    }
+    if let Some(maintenance) = maintenance {
+        let _ = maintenance.await;
     }
     stop_flushing.cancel();
     let flushed = match tokio::time::timeout(config.shutdown_timeout, flusher).await {

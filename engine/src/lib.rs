@@ -12,6 +12,7 @@
 //! window, so a retry after a restart is still a duplicate.
 
 pub mod alert;
+pub mod compaction;
 pub mod dedupe;
 pub mod report;
 pub mod schema;
@@ -164,6 +165,14 @@ impl Tenant {
     /// The tenant's name.
     pub fn name(&self) -> &TenantName {
         &self.name
+    }
+
+    /// One of the tenant's tables.
+    pub fn table(&self, kind: TableKind) -> &Arc<LiveTable> {
+        match kind {
+            TableKind::Reports => &self.reports,
+            TableKind::Alerts => &self.alerts,
+        }
     }
 
     /// The tenant's tables by SQL name.
@@ -620,6 +629,62 @@ impl Engine {
             })?;
             info!(rows, "final flush done");
             Ok(())
+        })
+    }
+}
+
+impl Engine {
+    /// Runs retention, compaction and vacuum on every table of every tenant once.
+    pub async fn maintain_all(
+        &self,
+        args: &compaction::MaintenanceArgs,
+    ) -> Result<Vec<(TenantName, TableKind, compaction::MaintenanceReport)>> {
+        let mut reports = Vec::new();
+        for (name, tenant) in &self.tenants {
+            for (_, table) in tenant.tables() {
+                let report = compaction::maintain(self.lake(), table, args).await?;
+                reports.push((name.clone(), table.kind(), report));
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Starts background maintenance: every `every`, [`Engine::maintain_all`] with `args`
+    /// (`now` taken at each run). Failures are logged and retried at the next period.
+    pub fn start_maintenance(
+        self: &Arc<Self>,
+        every: Duration,
+        args: compaction::MaintenanceArgs,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => {}
+                }
+                let args = compaction::MaintenanceArgs {
+                    now: chrono::Utc::now(),
+                    ..args.clone()
+                };
+                let run = engine.maintain_all(&args);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    result = run => match result {
+                        Ok(reports) => {
+                            for (tenant, kind, r) in reports {
+                                if r != compaction::MaintenanceReport::default() {
+                                    info!(%tenant, table = kind.name(), ?r, "maintenance done");
+                                }
+                            }
+                        }
+                        Err(e) => error!(error = %e, "maintenance failed; retried at the next period"),
+                    }
+                }
+            }
         })
     }
 }

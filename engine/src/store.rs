@@ -131,6 +131,24 @@ impl Lake {
         url
     }
 
+    /// The tenants that have tables in this lake (the directories under `tenants/`).
+    pub async fn tenants(&self) -> Result<Vec<TenantName>> {
+        let dir: Path = self
+            .prefix
+            .parts()
+            .chain(Path::from("tenants").parts())
+            .collect();
+        let listing = self.root_store.list_with_delimiter(Some(&dir)).await?;
+        let mut names = Vec::new();
+        for prefix in listing.common_prefixes {
+            if let Some(name) = prefix.filename() {
+                names.push(TenantName::new(name)?);
+            }
+        }
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(names)
+    }
+
     /// A lake on a store built elsewhere (a wrapper adding faults, metrics or caching): `root_store`
     /// is the root of `url`'s scheme and authority, the lake is at `url`'s path inside it.
     pub fn from_store(root_store: Arc<dyn ObjectStore>, url: &Url) -> Result<Self> {

@@ -207,6 +207,13 @@ impl LiveTable {
     /// On error nothing is dropped from the buffer: the next flush retries the same rows.
     pub async fn flush(&self, lake: &Lake, app_id: &str) -> Result<FlushOutcome> {
         let mut delta = self.delta.lock().await;
+        let idle = self.state.read().chunks.is_empty();
+        if idle {
+            // Nothing to write: catch up with commits made elsewhere instead (a flush does it as
+            // part of its commit), so that an idle server does not keep reading files that
+            // compaction or retention removed.
+            self.refresh_locked(lake, &mut delta).await?;
+        }
         let (last_id, wal_position, batches) = {
             let s = self.state.read();
             match s.chunks.back() {
@@ -262,6 +269,36 @@ impl LiveTable {
             version,
             wal_position: (wal_position > 0).then_some(wal_position),
         })
+    }
+}
+
+impl LiveTable {
+    /// The Delta table as of the last commit or refresh, for maintenance (compaction,
+    /// retention, vacuum) that commits on its own.
+    pub async fn delta(&self) -> DeltaTable {
+        self.delta.lock().await.clone()
+    }
+
+    /// Catches up with commits made elsewhere (compaction, retention, another process), so
+    /// queries stop reading files those commits removed before vacuum deletes them. Returns
+    /// whether the version changed.
+    pub async fn refresh(&self, lake: &Lake) -> Result<bool> {
+        let mut delta = self.delta.lock().await;
+        self.refresh_locked(lake, &mut delta).await
+    }
+
+    async fn refresh_locked(&self, lake: &Lake, delta: &mut DeltaTable) -> Result<bool> {
+        let before = delta.version();
+        delta.update_incremental(None).await?;
+        if delta.version() == before {
+            return Ok(false);
+        }
+        let files = list_files(lake, &table_path(&self.tenant, self.kind), delta)?;
+        let mut s = self.state.write();
+        s.version = delta.version();
+        s.files = files;
+        debug!(tenant = %self.tenant, table = self.kind.name(), version = ?s.version, "refreshed");
+        Ok(true)
     }
 }
 

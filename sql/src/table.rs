@@ -36,12 +36,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use tracing::debug;
-use vigie_engine::schema::{DAY_COLUMN, file_schema};
+use vigie_engine::schema::{DAY_COLUMN, MICROS_PER_DAY, file_schema};
 use vigie_engine::table::{DataFile, LiveTable};
 
 /// The column whose values lie within their file's `day` (UTC).
 const TIME_COLUMN: &str = "time";
-const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// What the `day` partition tells about each file: its `day`, and bounds of its `time`.
 struct DayStatistics<'a> {

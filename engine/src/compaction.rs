@@ -1,0 +1,212 @@
+//! Table maintenance: retention, compaction and vacuum, run in the background by `vigie serve`
+//! and once by `vigie compact` (safe alongside a running server: each step is one Delta commit,
+//! and Delta's optimistic concurrency lets it interleave with the server's flushes).
+//!
+//! ```text
+//! retention: DELETE whole days older than the limit (partition-only: files are dropped, not
+//!            rewritten)
+//! compaction: each closed day (before today, UTC) with several small files ─▶ few large files,
+//!            clustered (Z-order on drone_id, time for reports), zstd, page index, dictionaries,
+//!            bloom filter on the citizen's name
+//! vacuum:    files removed by earlier commits, once older than the safety interval, are deleted
+//!            (queries and other servers may still read a removed file until then)
+//! refresh:   the live table reads the new version's files
+//! ```
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::optimize::OptimizeType;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::{DeltaTable, FilterOp, FilterValue};
+use tracing::info;
+
+use crate::Result;
+use crate::schema::{DAY_COLUMN, TableKind};
+use crate::store::{Lake, TenantName};
+use crate::table::{DataFile, LiveTable};
+
+/// What a maintenance run does.
+#[derive(Debug, Clone)]
+pub struct MaintenanceArgs {
+    /// Size of the files compaction writes; a day is compacted while it has two files or more
+    /// under half of it.
+    pub target_file_bytes: u64,
+    /// Whole days whose end is older than this are deleted; `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// Removed files are deleted once their removal is older than this.
+    pub vacuum_after: Duration,
+    /// The current time: days before `now`'s UTC day are closed.
+    pub now: DateTime<Utc>,
+}
+
+/// What a maintenance run did to one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Days deleted by retention.
+    pub days_expired: Vec<NaiveDate>,
+    /// Days rewritten by compaction.
+    pub days_compacted: Vec<NaiveDate>,
+    /// Files removed by compaction and retention (still on storage until vacuumed).
+    pub files_removed: u64,
+    /// Files written by compaction.
+    pub files_added: u64,
+    /// Files deleted from storage by vacuum.
+    pub files_vacuumed: usize,
+}
+
+/// The Parquet settings of compacted files: those of every file plus a bloom filter on the
+/// citizen's name (the "where was this person seen" question).
+pub fn compacted_writer_properties(kind: TableKind) -> WriterProperties {
+    let citizen = match kind {
+        TableKind::Reports => ColumnPath::from(vec![
+            "citizens".to_string(),
+            "list".to_string(),
+            "element".to_string(),
+            "name".to_string(),
+        ]),
+        TableKind::Alerts => ColumnPath::from("citizen"),
+    };
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_dictionary_enabled(true)
+        .set_column_bloom_filter_enabled(citizen, true)
+        .build()
+}
+
+fn date_of(day: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date") + chrono::Duration::days(day.into())
+}
+
+/// The closed days worth compacting: two files or more under half the target size.
+fn days_to_compact(files: &[DataFile], today: NaiveDate, target_file_bytes: u64) -> Vec<NaiveDate> {
+    let mut small = std::collections::BTreeMap::<NaiveDate, usize>::new();
+    for f in files {
+        let day = date_of(f.day);
+        if day < today && f.size < target_file_bytes / 2 {
+            *small.entry(day).or_default() += 1;
+        }
+    }
+    small
+        .into_iter()
+        .filter(|(_, n)| *n >= 2)
+        .map(|(day, _)| day)
+        .collect()
+}
+
+/// Runs retention, compaction and vacuum on `table`, then makes it read the result.
+pub async fn maintain(
+    lake: &Lake,
+    table: &LiveTable,
+    args: &MaintenanceArgs,
+) -> Result<MaintenanceReport> {
+    let kind = table.kind();
+    let mut report = MaintenanceReport::default();
+    let today = args.now.date_naive();
+    let mut delta = table.delta().await;
+    delta.update_incremental(None).await?;
+
+    if let Some(retention) = args.retention {
+        // A day is expired once its last instant is older than the limit.
+        let horizon =
+            args.now - chrono::Duration::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        let first_kept = horizon.date_naive();
+        let files = table.snapshot().files;
+        let mut expired: Vec<NaiveDate> = files
+            .iter()
+            .map(|f| date_of(f.day))
+            .filter(|d| *d < first_kept)
+            .collect();
+        expired.sort();
+        expired.dedup();
+        if !expired.is_empty() {
+            let (deleted, metrics) = delta
+                .clone()
+                .delete()
+                .with_predicate(format!("{DAY_COLUMN} < '{first_kept}'"))
+                .await?;
+            delta = deleted;
+            report.files_removed += metrics.num_removed_files as u64;
+            info!(
+                table = kind.name(),
+                ?expired,
+                files = metrics.num_removed_files,
+                "retention deleted days"
+            );
+            report.days_expired = expired;
+        }
+    }
+
+    table.refresh(lake).await?;
+    let files = table.snapshot().files;
+    for day in days_to_compact(&files, today, args.target_file_bytes) {
+        let value = day.to_string();
+        let filters = [(
+            DAY_COLUMN,
+            FilterOp::Eq,
+            FilterValue::Scalar(value.as_str()),
+        )];
+        let optimize_type = match kind {
+            TableKind::Reports => OptimizeType::ZOrder(vec!["drone_id".into(), "time".into()]),
+            TableKind::Alerts => OptimizeType::Compact,
+        };
+        let (optimized, metrics) = delta
+            .clone()
+            .optimize()
+            .with_type(optimize_type)
+            .with_filters(&filters)
+            .with_target_size(NonZeroU64::new(args.target_file_bytes.max(1)).expect("at least 1"))
+            .with_writer_properties(compacted_writer_properties(kind))
+            .with_commit_properties(CommitProperties::default())
+            .await?;
+        delta = optimized;
+        report.files_removed += metrics.num_files_removed;
+        report.files_added += metrics.num_files_added;
+        info!(
+            table = kind.name(), %day,
+            removed = metrics.num_files_removed, added = metrics.num_files_added,
+            "compacted day"
+        );
+        report.days_compacted.push(day);
+    }
+
+    report.files_vacuumed = vacuum(&delta, args.vacuum_after).await?;
+    table.refresh(lake).await?;
+    Ok(report)
+}
+
+/// Maintains every table of every tenant of `lake`, as `vigie compact` does without a server.
+pub async fn maintain_lake(
+    lake: &Lake,
+    args: &MaintenanceArgs,
+) -> Result<Vec<(TenantName, TableKind, MaintenanceReport)>> {
+    let mut reports = Vec::new();
+    for tenant in lake.tenants().await? {
+        for kind in TableKind::ALL {
+            let gauge = Arc::new(AtomicUsize::new(0));
+            let table = LiveTable::open(lake, &tenant, kind, gauge).await?;
+            let report = maintain(lake, &table, args).await?;
+            reports.push((tenant.clone(), kind, report));
+        }
+    }
+    Ok(reports)
+}
+
+/// Deletes the files removed more than `after` ago; returns how many.
+async fn vacuum(delta: &DeltaTable, after: Duration) -> Result<usize> {
+    let retention = chrono::Duration::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
+    let (_, metrics) = delta
+        .clone()
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .await?;
+    Ok(metrics.files_deleted.len())
+}
