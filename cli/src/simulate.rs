@@ -30,6 +30,10 @@ pub(crate) struct SimulateArgs {
     /// Number of drones.
     #[arg(long, default_value_t = 100)]
     pub(crate) drones: u32,
+    /// Number of the first drone: `--first-drone 100 --drones 50` sends drones 100 to 149, so
+    /// several simulators (or servers) can share out one fleet.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) first_drone: u32,
     /// Reports per drone (one per simulated minute).
     #[arg(long, default_value_t = 60)]
     pub(crate) reports_per_drone: u32,
@@ -217,7 +221,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut out = BufWriter::new(file);
         for k in 0..args.reports_per_drone {
-            for d in 0..args.drones {
+            for d in args.first_drone..args.first_drone.saturating_add(args.drones) {
                 serde_json::to_writer(&mut out, &to_json(&fleet.report(d, k)))?;
                 out.write_all(b"\n")?;
             }
@@ -303,7 +307,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     let mut batch = Vec::with_capacity(args.batch);
     let mut next_stream = 0usize;
     'outer: for k in 0..args.reports_per_drone {
-        for d in 0..args.drones {
+        for d in args.first_drone..args.first_drone.saturating_add(args.drones) {
             batch.push(fleet.report(d, k));
             if batch.len() == args.batch {
                 sent += batch.len() as u64;
