@@ -149,6 +149,23 @@ async fn acknowledged_reports_survive_sigkill_exactly_once() {
         assert_eq!(answer.duplicates as usize, known);
         assert_eq!(answer.accepted as usize, request.reports.len() - known);
     }
+    // Once everything is flushed, the rollup counts each stored report once, although kills fell
+    // between the reports commit and the rollup commit.
+    assert!(server.terminate().success());
+    let server = Server::start(&data, &["--flush-interval", "1h"]);
+    assert_eq!(
+        server
+            .table(
+                "SELECT (SELECT count(*) FROM reports) = (SELECT sum(reports) FROM reports_hourly) \
+                 AS rollup_exact"
+            )
+            .await,
+        "+--------------+\n\
+         | rollup_exact |\n\
+         +--------------+\n\
+         | true         |\n\
+         +--------------+"
+    );
 }
 
 #[tokio::test]

@@ -29,8 +29,8 @@ use tracing::info;
 
 use crate::Result;
 use crate::schema::{DAY_COLUMN, TableKind};
-use crate::store::{Lake, TenantName};
-use crate::table::{DataFile, LiveTable};
+use crate::store::{Lake, TablePath, TenantName, table_path};
+use crate::table::{DataFile, LiveTable, list_files};
 
 /// What a maintenance run does.
 #[derive(Debug, Clone)]
@@ -65,20 +65,23 @@ pub struct MaintenanceReport {
 /// citizen's name (the "where was this person seen" question).
 pub fn compacted_writer_properties(kind: TableKind) -> WriterProperties {
     let citizen = match kind {
-        TableKind::Reports => ColumnPath::from(vec![
+        TableKind::Reports => Some(ColumnPath::from(vec![
             "citizens".to_string(),
             "list".to_string(),
             "element".to_string(),
             "name".to_string(),
-        ]),
-        TableKind::Alerts => ColumnPath::from("citizen"),
+        ])),
+        TableKind::Alerts => Some(ColumnPath::from("citizen")),
+        TableKind::Hourly => None,
     };
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_dictionary_enabled(true)
-        .set_column_bloom_filter_enabled(citizen, true)
-        .build()
+        .set_dictionary_enabled(true);
+    if let Some(citizen) = citizen {
+        builder = builder.set_column_bloom_filter_enabled(citizen, true);
+    }
+    builder.build()
 }
 
 fn date_of(day: i32) -> NaiveDate {
@@ -144,42 +147,123 @@ pub async fn maintain(
         }
     }
 
-    table.refresh(lake).await?;
-    let files = table.snapshot().files;
+    // The files to compact come from the very snapshot the rewrite commits against: a file a
+    // concurrent flush adds meanwhile is neither read nor removed (it waits for the next run).
+    delta.update_incremental(None).await?;
+    let path = table_path(table.tenant(), kind);
+    let files = list_files(lake, &path, &delta)?;
     for day in days_to_compact(&files, today, args.target_file_bytes) {
-        let value = day.to_string();
-        let filters = [(
-            DAY_COLUMN,
-            FilterOp::Eq,
-            FilterValue::Scalar(value.as_str()),
-        )];
-        let optimize_type = match kind {
-            TableKind::Reports => OptimizeType::ZOrder(vec!["drone_id".into(), "time".into()]),
-            TableKind::Alerts => OptimizeType::Compact,
+        let (rewritten, removed, added) = match kind {
+            TableKind::Hourly => reaggregate_day(lake, &path, &delta, &files, day).await?,
+            TableKind::Reports | TableKind::Alerts => {
+                let value = day.to_string();
+                let filters = [(
+                    DAY_COLUMN,
+                    FilterOp::Eq,
+                    FilterValue::Scalar(value.as_str()),
+                )];
+                let optimize_type = if kind == TableKind::Reports {
+                    OptimizeType::ZOrder(vec!["drone_id".into(), "time".into()])
+                } else {
+                    OptimizeType::Compact
+                };
+                let (optimized, metrics) = delta
+                    .clone()
+                    .optimize()
+                    .with_type(optimize_type)
+                    .with_filters(&filters)
+                    .with_target_size(
+                        NonZeroU64::new(args.target_file_bytes.max(1)).expect("at least 1"),
+                    )
+                    .with_writer_properties(compacted_writer_properties(kind))
+                    .with_commit_properties(CommitProperties::default())
+                    .await?;
+                (
+                    optimized,
+                    metrics.num_files_removed,
+                    metrics.num_files_added,
+                )
+            }
         };
-        let (optimized, metrics) = delta
-            .clone()
-            .optimize()
-            .with_type(optimize_type)
-            .with_filters(&filters)
-            .with_target_size(NonZeroU64::new(args.target_file_bytes.max(1)).expect("at least 1"))
-            .with_writer_properties(compacted_writer_properties(kind))
-            .with_commit_properties(CommitProperties::default())
-            .await?;
-        delta = optimized;
-        report.files_removed += metrics.num_files_removed;
-        report.files_added += metrics.num_files_added;
-        info!(
-            table = kind.name(), %day,
-            removed = metrics.num_files_removed, added = metrics.num_files_added,
-            "compacted day"
-        );
+        delta = rewritten;
+        report.files_removed += removed;
+        report.files_added += added;
+        info!(table = kind.name(), %day, removed, added, "compacted day");
         report.days_compacted.push(day);
     }
 
     report.files_vacuumed = vacuum(&delta, args.vacuum_after).await?;
     table.refresh(lake).await?;
     Ok(report)
+}
+
+/// Compaction of a rollup day: its partial rows summed into one row per (hour, drone, cell),
+/// replacing the day in one commit.
+async fn reaggregate_day(
+    lake: &Lake,
+    path: &TablePath,
+    delta: &DeltaTable,
+    files: &[DataFile],
+    day: NaiveDate,
+) -> Result<(DeltaTable, u64, u64)> {
+    use datafusion::functions_aggregate::expr_fn::{min, sum};
+    use datafusion::prelude::{cast, col, lit};
+
+    let day_files: Vec<&DataFile> = files.iter().filter(|f| date_of(f.day) == day).collect();
+    let removed = day_files.len() as u64;
+    let summed = crate::read_files(lake, day_files.into_iter())
+        .await?
+        .aggregate(
+            vec![col("hour"), col("drone_id"), col("cell")],
+            vec![
+                sum(col("reports")).alias("reports"),
+                sum(col("sightings")).alias("sightings"),
+                sum(col("low_score_sightings")).alias("low_score_sightings"),
+                min(col("min_score")).alias("min_score"),
+            ],
+        )?
+        .with_column(
+            DAY_COLUMN,
+            cast(lit(day.to_string()), arrow::datatypes::DataType::Date32),
+        )?
+        .sort(vec![
+            col("hour").sort(true, false),
+            col("drone_id").sort(true, false),
+            col("cell").sort(true, false),
+        ])?
+        .collect()
+        .await?;
+    // Back to the table's exact schema (names, order, nullability).
+    let schema = TableKind::Hourly.schema();
+    let batches = summed
+        .into_iter()
+        .map(|b| {
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let column = b.column_by_name(f.name()).ok_or_else(|| {
+                        crate::Error::Corrupt(format!("rollup aggregate lacks {}", f.name()))
+                    })?;
+                    Ok(arrow::compute::cast(column, f.data_type())?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(arrow::array::RecordBatch::try_new(schema.clone(), columns)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let table = delta
+        .clone()
+        .write(batches)
+        .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+        .with_replace_where(format!("{DAY_COLUMN} = '{day}'"))
+        .with_partition_columns([DAY_COLUMN])
+        .with_writer_properties(compacted_writer_properties(TableKind::Hourly))
+        .await?;
+    let added = list_files(lake, path, &table)?
+        .iter()
+        .filter(|f| date_of(f.day) == day)
+        .count() as u64;
+    Ok((table, removed, added))
 }
 
 /// Maintains every table of every tenant of `lake`, as `vigie compact` does without a server.

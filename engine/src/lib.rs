@@ -15,6 +15,7 @@ pub mod alert;
 pub mod compaction;
 pub mod dedupe;
 pub mod report;
+pub mod rollup;
 pub mod schema;
 pub mod store;
 pub mod table;
@@ -122,6 +123,7 @@ pub struct Tenant {
     tables: BTreeMap<&'static str, Arc<LiveTable>>,
     reports: Arc<LiveTable>,
     alerts: Arc<LiveTable>,
+    hourly: Arc<LiveTable>,
     /// Dedupe index and alert id counter, changed together with the WAL and buffers.
     state: Mutex<WriteState>,
     rules: RuleSet,
@@ -172,6 +174,7 @@ impl Tenant {
         match kind {
             TableKind::Reports => &self.reports,
             TableKind::Alerts => &self.alerts,
+            TableKind::Hourly => &self.hourly,
         }
     }
 
@@ -311,12 +314,15 @@ impl Tenant {
     }
 
     /// Puts the WAL records that no Delta commit covers back into the buffers: reports of records
-    /// after `reports_after`, alerts (re-derived, with the same ids) of records after `alerts_after`.
+    /// after `reports_after`, alerts (re-derived, with the same ids) of records after
+    /// `alerts_after`, and the rollup of records the reports commit covers but the rollup's does
+    /// not (records after `reports_after` get theirs when the reports are flushed).
     fn replay(
         &self,
         records: Vec<WalRecord>,
         reports_after: WalPosition,
         alerts_after: WalPosition,
+        hourly_after: WalPosition,
     ) -> Result<()> {
         let mut state = self.state.lock();
         let (mut rows, mut raised) = (0, 0);
@@ -353,6 +359,8 @@ impl Tenant {
             if record.position > reports_after {
                 rows += batch.num_rows();
                 self.reports.push(batch, record.position);
+            } else if record.position > hourly_after {
+                self.hourly.push(rollup::hourly(&[batch])?, record.position);
             }
         }
         info!(tenant = %self.name, rows, alerts = raised, "replayed the WAL into the buffers");
@@ -488,10 +496,14 @@ impl Engine {
             }
             let reports = tables[TableKind::Reports.name()].clone();
             let alerts = tables[TableKind::Alerts.name()].clone();
+            let hourly = tables[TableKind::Hourly.name()].clone();
             let wal_app_id = format!("vigie-wal-{writer_id}");
             let reports_committed = reports.committed_wal_position(&wal_app_id).await?;
             let alerts_committed = alerts.committed_wal_position(&wal_app_id).await?;
-            let committed = reports_committed.min(alerts_committed);
+            let hourly_committed = hourly.committed_wal_position(&wal_app_id).await?;
+            let committed = reports_committed
+                .min(alerts_committed)
+                .min(hourly_committed);
             let (wal, replay): (Box<dyn Wal>, Vec<WalRecord>) = match &args.wal {
                 WalMode::Off => (Box::new(VolatileWal::new(committed)), Vec::new()),
                 WalMode::Local {
@@ -512,6 +524,7 @@ impl Engine {
                 name: name.clone(),
                 reports,
                 alerts,
+                hourly,
                 tables,
                 state: Mutex::new(WriteState {
                     dedupe: DedupeIndex::default(),
@@ -533,7 +546,12 @@ impl Engine {
             let stored_alerts = tenant.max_alert_id(&args.lake).await?;
             tenant.state.lock().next_alert_id = stored_alerts + 1;
             if !replay.is_empty() {
-                tenant.replay(replay, reports_committed, alerts_committed)?;
+                tenant.replay(
+                    replay,
+                    reports_committed,
+                    alerts_committed,
+                    hourly_committed,
+                )?;
             }
             let last_alert = tenant.state.lock().next_alert_id - 1;
             tenant.hub = AlertHub::new(last_alert as u64);
@@ -568,10 +586,18 @@ impl Engine {
         let mut rows = 0;
         for tenant in self.tenants.values() {
             let mut committed = false;
-            for table in tenant.tables.values() {
+            // Reports before their rollup, which is derived from what the reports flush wrote.
+            for kind in [TableKind::Reports, TableKind::Alerts, TableKind::Hourly] {
+                let table = tenant.table(kind);
                 let outcome = table.flush(&self.args.lake, &tenant.wal_app_id).await?;
                 rows += outcome.rows;
                 committed |= outcome.wal_position.is_some();
+                if kind == TableKind::Reports && outcome.rows > 0 {
+                    tenant.hourly.push(
+                        rollup::hourly(&outcome.batches)?,
+                        outcome.wal_position.unwrap_or(0),
+                    );
+                }
             }
             if committed {
                 tenant.wal.truncate(tenant.safe_wal_position()).await?;
@@ -690,7 +716,7 @@ impl Engine {
 }
 
 /// The rows of committed `files` (without the partition column), read with plain Arrow types.
-async fn read_files(
+pub(crate) async fn read_files(
     lake: &Lake,
     files: impl Iterator<Item = &table::DataFile>,
 ) -> Result<datafusion::dataframe::DataFrame> {

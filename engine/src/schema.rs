@@ -22,17 +22,21 @@ pub enum TableKind {
     Reports,
     /// One row per (rule, matching sighting); filled by the alert operator.
     Alerts,
+    /// Partial counts per (hour, drone, area cell), derived from each reports flush: the
+    /// questions dashboards ask without scanning raw history (see `rollup`).
+    Hourly,
 }
 
 impl TableKind {
     /// Every stored table, in a fixed order.
-    pub const ALL: [TableKind; 2] = [TableKind::Reports, TableKind::Alerts];
+    pub const ALL: [TableKind; 3] = [TableKind::Reports, TableKind::Alerts, TableKind::Hourly];
 
     /// The table's SQL (and directory) name.
     pub fn name(self) -> &'static str {
         match self {
             TableKind::Reports => "reports",
             TableKind::Alerts => "alerts",
+            TableKind::Hourly => "reports_hourly",
         }
     }
 
@@ -41,6 +45,7 @@ impl TableKind {
         match self {
             TableKind::Reports => REPORTS_SCHEMA.clone(),
             TableKind::Alerts => ALERTS_SCHEMA.clone(),
+            TableKind::Hourly => HOURLY_SCHEMA.clone(),
         }
     }
 }
@@ -98,6 +103,19 @@ static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("citizen", DataType::Utf8, false),
         Field::new("score", DataType::Float64, false),
         Field::new("raised_at", timestamp_type(), false),
+        Field::new(DAY_COLUMN, DataType::Date32, false),
+    ]))
+});
+
+static HOURLY_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("hour", timestamp_type(), false),
+        Field::new("drone_id", DataType::Utf8, false),
+        Field::new("cell", DataType::Utf8, false),
+        Field::new("reports", DataType::Int64, false),
+        Field::new("sightings", DataType::Int64, false),
+        Field::new("low_score_sightings", DataType::Int64, false),
+        Field::new("min_score", DataType::Float64, true),
         Field::new(DAY_COLUMN, DataType::Date32, false),
     ]))
 });

@@ -91,8 +91,10 @@ pub struct LiveTable {
 }
 
 /// How many rows one flush committed, and at which version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FlushOutcome {
+    /// The rows committed (shared with the buffer they came from: no copy).
+    pub batches: Vec<RecordBatch>,
     /// Rows written.
     pub rows: usize,
     /// The Delta version committed (unchanged when nothing was buffered).
@@ -219,6 +221,7 @@ impl LiveTable {
             match s.chunks.back() {
                 None => {
                     return Ok(FlushOutcome {
+                        batches: Vec::new(),
                         rows: 0,
                         version: s.version,
                         wal_position: None,
@@ -241,7 +244,7 @@ impl LiveTable {
         }
         let written = delta
             .clone()
-            .write(batches)
+            .write(batches.clone())
             .with_save_mode(SaveMode::Append)
             .with_partition_columns([DAY_COLUMN])
             .with_writer_properties(writer_properties())
@@ -265,6 +268,7 @@ impl LiveTable {
         *delta = written;
         debug!(tenant = %self.tenant, table = self.kind.name(), rows, ?version, "flushed");
         Ok(FlushOutcome {
+            batches,
             rows,
             version,
             wal_position: (wal_position > 0).then_some(wal_position),
@@ -273,6 +277,11 @@ impl LiveTable {
 }
 
 impl LiveTable {
+    /// The tenant the table belongs to.
+    pub fn tenant(&self) -> &TenantName {
+        &self.tenant
+    }
+
     /// The Delta table as of the last commit or refresh, for maintenance (compaction,
     /// retention, vacuum) that commits on its own.
     pub async fn delta(&self) -> DeltaTable {
@@ -363,7 +372,11 @@ fn check_schema(table: &DeltaTable, kind: TableKind) -> Result<()> {
     Ok(())
 }
 
-fn list_files(lake: &Lake, path: &TablePath, table: &DeltaTable) -> Result<Arc<[DataFile]>> {
+pub(crate) fn list_files(
+    lake: &Lake,
+    path: &TablePath,
+    table: &DeltaTable,
+) -> Result<Arc<[DataFile]>> {
     let Ok(state) = table.snapshot() else {
         return Ok(Arc::from(Vec::new()));
     };

@@ -52,7 +52,9 @@ fn round(round: u64) -> WriteRequest {
     WriteRequest { reports }
 }
 
-const QUESTIONS: [&str; 5] = [
+const QUESTIONS: [&str; 6] = [
+    "SELECT hour, drone_id, cell, sum(reports), sum(sightings), sum(low_score_sightings), \
+     min(min_score) FROM reports_hourly GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     "SELECT day, count(*), sum(seq) FROM reports GROUP BY day ORDER BY day",
     "SELECT drone_id, seq, time, latitude, citizens, words, day FROM reports ORDER BY drone_id, seq",
     "SELECT citizen, score, drone_id, seq FROM sightings WHERE score < 20 ORDER BY citizen",
@@ -60,20 +62,24 @@ const QUESTIONS: [&str; 5] = [
     "SELECT drone_id, count(*) FROM sightings WHERE citizen = 'Ana' GROUP BY drone_id ORDER BY 1",
 ];
 
+async fn answers_of(sql: &SqlEngine, query: &str) -> String {
+    let batches: Vec<_> = sql
+        .plan(query)
+        .await
+        .unwrap()
+        .execute_stream()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
 async fn answers(sql: &SqlEngine) -> Vec<String> {
     let mut out = Vec::new();
     for q in QUESTIONS {
-        let batches: Vec<_> = sql
-            .plan(q)
-            .await
-            .unwrap()
-            .execute_stream()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        out.push(pretty_format_batches(&batches).unwrap().to_string());
+        out.push(answers_of(sql, q).await);
     }
     out
 }
@@ -125,7 +131,21 @@ async fn compaction_retention_and_vacuum() {
     let sql = SqlEngine::new(tenant.clone(), engine.lake()).await.unwrap();
     let before = answers(&sql).await;
     assert_eq!(files_per_day(&engine, TableKind::Reports), vec![4, 4, 4]);
-    assert!(before[3].contains("low_score"), "{}", before[3]);
+    assert!(before[4].contains("low_score"), "{}", before[4]);
+    // The rollup counts what the raw reports hold.
+    let raw = answers_of(
+        &sql,
+        "SELECT date_trunc('hour', time) AS hour, drone_id, count(*) FROM reports \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .await;
+    let rolled = answers_of(
+        &sql,
+        "SELECT hour, drone_id, sum(reports) AS \"count(*)\" FROM reports_hourly \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .await;
+    assert_eq!(rolled, raw);
 
     // Compaction on 2026-01-03 at noon: the two closed days become one file each.
     let args = MaintenanceArgs {
@@ -140,10 +160,11 @@ async fn compaction_retention_and_vacuum() {
     assert_eq!(report.days_compacted.len(), 2, "{report:?}");
     assert_eq!((report.files_removed, report.files_added), (8, 2));
     assert_eq!(report.files_vacuumed, 8);
-    maintain(&lake, tenant.table(TableKind::Alerts), &args)
-        .await
-        .unwrap();
+    for kind in [TableKind::Alerts, TableKind::Hourly] {
+        maintain(&lake, tenant.table(kind), &args).await.unwrap();
+    }
     assert_eq!(files_per_day(&engine, TableKind::Reports), vec![1, 1, 4]);
+    assert_eq!(files_per_day(&engine, TableKind::Hourly), vec![1, 1, 4]);
     assert_eq!(answers(&sql).await, before, "compaction changed an answer");
     // Removed files are gone from storage; what remains is what the table lists.
     assert_eq!(stored_files(&lake, "reports").await.len(), 6);

@@ -156,8 +156,8 @@ async fn fixture() -> SqlEngine {
         ],
     };
     assert_eq!(tenant.write(&first).await.unwrap().accepted, 3);
-    // 3 reports and the alert Ana (12.5) raised.
-    assert_eq!(engine.flush_all().await.unwrap(), 4);
+    // 3 reports, the alert Ana (12.5) raised, and 3 rollup rows.
+    assert_eq!(engine.flush_all().await.unwrap(), 7);
     let second = WriteRequest {
         reports: vec![
             report(

@@ -16,10 +16,11 @@ def test_get_objects_and_table_schema(start_vigie):
             for c in objects
         }
         assert tree["vigie"]["public"] == [
-            ("alert_rules", "VIEW"), ("alerts", "TABLE"), ("reports", "TABLE"), ("sightings", "VIEW"),
+            ("alert_rules", "VIEW"), ("alerts", "TABLE"), ("reports", "TABLE"),
+            ("reports_hourly", "TABLE"), ("sightings", "VIEW"),
         ]
         # Filters with patterns, and no catalog given.
-        only = conn.adbc_get_objects(depth="tables", table_name_filter="rep%").read_all().to_pylist()
+        only = conn.adbc_get_objects(depth="tables", table_name_filter="rep_rts").read_all().to_pylist()
         names = [t["table_name"] for c in only for s in c["catalog_db_schemas"]
                  for t in s["db_schema_tables"]]
         assert names == ["reports"]
