@@ -304,11 +304,16 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     }
 
     let mut sent = 0u64;
+    // Protobuf bytes of the reports sent (as encoded inside WriteRequest), to compare with what
+    // the lake stores.
+    let mut proto_bytes = 0u64;
     let mut batch = Vec::with_capacity(args.batch);
     let mut next_stream = 0usize;
     'outer: for k in 0..args.reports_per_drone {
         for d in args.first_drone..args.first_drone.saturating_add(args.drones) {
-            batch.push(fleet.report(d, k));
+            let report = fleet.report(d, k);
+            proto_bytes += prost::encoding::message::encoded_len(1, &report) as u64;
+            batch.push(report);
             if batch.len() == args.batch {
                 sent += batch.len() as u64;
                 let request = WriteRequest {
@@ -347,7 +352,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     };
     println!(
         "sent={sent} accepted={} duplicates={} rejected={} elapsed={elapsed:.3}s reports/s={:.0} \
-         ack_p50_ms={:.2} ack_p99_ms={:.2}",
+         ack_p50_ms={:.2} ack_p99_ms={:.2} proto_bytes={proto_bytes}",
         totals.accepted,
         totals.duplicates,
         totals.rejected,
