@@ -9,6 +9,7 @@ Each query runs once to warm up, then 5 times; the median is reported.
 """
 
 import argparse
+import warnings
 import math
 import os
 import statistics
@@ -22,6 +23,7 @@ import adbc_driver_flightsql.dbapi as flightsql
 import duckdb
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
+warnings.filterwarnings("ignore", message="Cannot disable autocommit")
 
 
 def queries(days: int):
@@ -138,7 +140,7 @@ def run(binary, root, drones, days):
                 return cur.fetch_arrow_table()
 
             def duck():
-                return con.execute(duck_sql).fetch_arrow_table()
+                return con.sql(duck_sql).to_arrow_table()
 
             assert vigie().num_rows == duck().num_rows, name
             results.append((name, timed(vigie), timed(duck)))

@@ -19,7 +19,8 @@ use datafusion::arrow::datatypes::{Field, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::Column;
 use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
@@ -155,7 +156,8 @@ impl TableProvider for LiveTableProvider {
 
         if !snapshot.files.is_empty() {
             let day = self.schema.field_with_name(DAY_COLUMN)?;
-            let table_schema = TableSchema::builder(file_schema(&self.schema))
+            let files_schema = file_schema(&self.schema);
+            let table_schema = TableSchema::builder(files_schema.clone())
                 .with_table_partition_cols(vec![Arc::new(Field::new(
                     DAY_COLUMN,
                     day.data_type().clone(),
@@ -189,10 +191,17 @@ impl TableProvider for LiveTableProvider {
             let partitions = state.config().target_partitions().max(1);
             let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
             for (i, f) in files.iter().enumerate() {
-                groups[i % partitions].push(
-                    PartitionedFile::new(f.path.to_string(), f.size)
-                        .with_partition_values(vec![ScalarValue::Date32(Some(f.day))]),
-                );
+                let mut file = PartitionedFile::new(f.path.to_string(), f.size)
+                    .with_partition_values(vec![ScalarValue::Date32(Some(f.day))]);
+                // Row counts from the Delta log: joins build their hash table on the smaller
+                // side (alerts, not reports) and `count(*)` needs no scan.
+                if let Some(rows) = f.num_rows {
+                    let mut stats = Statistics::new_unknown(&files_schema);
+                    stats.num_rows = Precision::Exact(rows);
+                    stats.total_byte_size = Precision::Inexact(f.size as usize);
+                    file = file.with_statistics(Arc::new(stats));
+                }
+                groups[i % partitions].push(file);
             }
             let groups: Vec<FileGroup> = groups
                 .into_iter()
