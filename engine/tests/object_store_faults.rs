@@ -165,7 +165,8 @@ async fn store_outage_fills_the_buffer_then_refuses_and_recovers_without_loss() 
     let tenant = engine.default_tenant();
     let answer = tenant.write(&request("a", 0..100)).await.unwrap();
     assert_eq!(answer.accepted, 100);
-    assert_eq!(engine.flush_all().await.unwrap(), 100);
+    engine.flush_all().await.unwrap();
+    assert_eq!(stored_rows(&engine), (100, 0));
 
     store.down.store(true, Ordering::SeqCst);
     let mut accepted = 100u64;
@@ -189,8 +190,7 @@ async fn store_outage_fills_the_buffer_then_refuses_and_recovers_without_loss() 
     assert_eq!(stored_rows(&engine), (100, accepted as usize - 100));
 
     store.down.store(false, Ordering::SeqCst);
-    let flushed = engine.flush_all().await.unwrap();
-    assert_eq!(flushed as u64, accepted - 100);
+    engine.flush_all().await.unwrap();
     assert_eq!(stored_rows(&engine), (accepted as usize, 0));
     // Writes are accepted again, and the refused request was not half-stored.
     let answer = tenant.write(&request("a", next..next + 100)).await.unwrap();
