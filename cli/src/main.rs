@@ -18,6 +18,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc malloc: ingest allocates many small strings per report, and glibc's
+/// `malloc`/`free`/`malloc_consolidate` took about a fifth of the server's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Log filter when `VIGIE_LOG` is unset: Vigie at info, the Delta kernel's per-scan chatter off.
 const DEFAULT_LOG: &str = "info,buoyant_kernel=warn,deltalake_core=warn";
 
