@@ -64,6 +64,14 @@ pub fn hourly(batches: &[RecordBatch]) -> Result<RecordBatch> {
         let lats = column("latitude")?.as_primitive::<Float64Type>();
         let lons = column("longitude")?.as_primitive::<Float64Type>();
         let citizens = column("citizens")?.as_list::<i32>();
+        // The scores of every row's citizens, flat; a row's are between its list offsets.
+        let scores = citizens
+            .values()
+            .as_struct()
+            .column_by_name("score")
+            .ok_or_else(|| Error::Corrupt("reports.citizens has no score".into()))?
+            .as_primitive::<Float64Type>();
+        let offsets = citizens.value_offsets();
         for row in 0..batch.num_rows() {
             let hour = times.value(row).div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
             let key = (
@@ -76,14 +84,12 @@ pub fn hourly(batches: &[RecordBatch]) -> Result<RecordBatch> {
             if citizens.is_null(row) {
                 continue;
             }
-            let list = citizens.value(row);
-            let scores = list
-                .as_struct()
-                .column_by_name("score")
-                .ok_or_else(|| Error::Corrupt("reports.citizens has no score".into()))?
-                .as_primitive::<Float64Type>()
-                .clone();
-            for score in scores.iter().flatten() {
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            for i in start..end {
+                if scores.is_null(i) {
+                    continue;
+                }
+                let score = scores.value(i);
                 counts.sightings += 1;
                 if score < LOW_SCORE {
                     counts.low += 1;

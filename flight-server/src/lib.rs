@@ -50,6 +50,7 @@ use arrow_flight::{
 };
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
@@ -202,8 +203,9 @@ impl VigieFlightSql {
         handle
     }
 
-    /// Plans `handle`'s statement to physical plans: one per bound parameter row, or one.
-    async fn physical(&self, handle: &Handle) -> Result<Planned, Status> {
+    /// Plans `handle`'s statement and binds its parameters: one frame per bound parameter row,
+    /// or one; with the result schema.
+    async fn frames(&self, handle: &Handle) -> Result<(SchemaRef, Vec<DataFrame>), Status> {
         let statement = self
             .sql
             .statement(&handle.sql)
@@ -218,6 +220,12 @@ impl VigieFlightSql {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| status_of(&e))?,
         };
+        Ok((schema, frames))
+    }
+
+    /// Plans `handle`'s statement to physical plans: one per bound parameter row, or one.
+    async fn physical(&self, handle: &Handle) -> Result<Planned, Status> {
+        let (schema, frames) = self.frames(handle).await?;
         let task = Arc::new(frames[0].task_ctx());
         let mut plans = Vec::with_capacity(frames.len());
         for frame in frames {
@@ -328,6 +336,11 @@ fn one_batch<E: std::fmt::Display>(
         schema,
         futures::stream::once(async { Ok(batch) }),
     )))
+}
+
+/// DoGet of a metadata command whose answer is always `batch` (the empty key listings).
+fn empty_answer(batch: arrow::array::RecordBatch) -> Result<Response<DoGetStream>, Status> {
+    one_batch::<ArrowError>(batch.schema(), Ok(batch))
 }
 
 fn stream_batches(
@@ -478,8 +491,9 @@ impl FlightSqlService for VigieFlightSql {
             other => Status::invalid_argument(format!("cannot read the parameters: {other}")),
         })?;
         let handle = handle.with_parameters(&batches)?;
-        // Bind now, so that a wrong count or type fails here rather than at execution.
-        self.physical(&handle).await?;
+        // Bind now (logical plans only: execution makes the physical ones), so that a wrong
+        // count or type fails here rather than at execution.
+        self.frames(&handle).await?;
         self.bindings
             .insert(handle.binding_key(), handle.parameters.clone());
         Ok(DoPutPreparedStatementResult {
@@ -537,8 +551,7 @@ impl FlightSqlService for VigieFlightSql {
         _query: CommandGetPrimaryKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let batch = metadata::primary_keys();
-        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+        empty_answer(metadata::primary_keys())
     }
 
     async fn get_flight_info_exported_keys(
@@ -554,8 +567,7 @@ impl FlightSqlService for VigieFlightSql {
         _query: CommandGetExportedKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let batch = metadata::foreign_keys();
-        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+        empty_answer(metadata::foreign_keys())
     }
 
     async fn get_flight_info_imported_keys(
@@ -571,8 +583,7 @@ impl FlightSqlService for VigieFlightSql {
         _query: CommandGetImportedKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let batch = metadata::foreign_keys();
-        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+        empty_answer(metadata::foreign_keys())
     }
 
     async fn get_flight_info_cross_reference(
@@ -588,8 +599,7 @@ impl FlightSqlService for VigieFlightSql {
         _query: CommandGetCrossReference,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let batch = metadata::foreign_keys();
-        one_batch::<ArrowError>(batch.schema(), Ok(batch))
+        empty_answer(metadata::foreign_keys())
     }
 
     async fn get_flight_info_substrait_plan(
