@@ -93,6 +93,20 @@ pub(crate) struct ServeArgs {
     /// PEM private key of `--tls-cert`.
     #[arg(long, env = "VIGIE_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Session tokens from a Flight SQL login (Handshake) expire after this [default: 1h].
+    #[arg(long, env = "VIGIE_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    pub(crate) token_ttl: Option<Duration>,
+    /// Memory one SQL query may use, in bytes; sorts and aggregations spill to disk beyond it,
+    /// other queries fail with RESOURCE_EXHAUSTED [default: 2147483648].
+    #[arg(long, env = "VIGIE_QUERY_MEMORY_BYTES")]
+    pub(crate) query_memory_bytes: Option<usize>,
+    /// A SQL query still running after this long is cancelled [default: 5m].
+    #[arg(long, env = "VIGIE_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) query_timeout: Option<Duration>,
+    /// SQL queries one tenant may run at once; more are refused with RESOURCE_EXHAUSTED
+    /// [default: 8].
+    #[arg(long, env = "VIGIE_MAX_CONCURRENT_QUERIES")]
+    pub(crate) max_concurrent_queries: Option<usize>,
 }
 
 /// The `--wal` setting.
@@ -139,6 +153,12 @@ struct FileConfig {
     vacuum_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    token_ttl: Option<Duration>,
+    query_memory_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    query_timeout: Option<Duration>,
+    max_concurrent_queries: Option<usize>,
 }
 
 /// The PEM files of the gRPC port's TLS identity.
@@ -187,6 +207,8 @@ pub(crate) struct Config {
     pub(crate) compact_target_bytes: u64,
     pub(crate) vacuum_after: Duration,
     pub(crate) retention: Option<Duration>,
+    pub(crate) token_ttl: Duration,
+    pub(crate) query_limits: vigie_sql::QueryLimits,
 }
 
 impl Config {
@@ -284,6 +306,24 @@ impl Config {
                 .or(file.vacuum_after)
                 .unwrap_or(Duration::from_secs(3600)),
             retention: args.retention.or(file.retention),
+            token_ttl: args
+                .token_ttl
+                .or(file.token_ttl)
+                .unwrap_or(Duration::from_secs(3600)),
+            query_limits: vigie_sql::QueryLimits {
+                memory_bytes: args
+                    .query_memory_bytes
+                    .or(file.query_memory_bytes)
+                    .unwrap_or(2 << 30),
+                timeout: args
+                    .query_timeout
+                    .or(file.query_timeout)
+                    .unwrap_or(Duration::from_secs(300)),
+                concurrent_per_tenant: args
+                    .max_concurrent_queries
+                    .or(file.max_concurrent_queries)
+                    .unwrap_or(8),
+            },
             data_dir,
         };
         if let Some(hook) = &config.alert_webhook {
@@ -292,6 +332,15 @@ impl Config {
             if !matches!(parsed.scheme(), "http" | "https") {
                 bail!("--alert-webhook must be an http:// or https:// URL, not {hook}");
             }
+        }
+        if config.query_limits.concurrent_per_tenant == 0 {
+            bail!("--max-concurrent-queries must be at least 1");
+        }
+        if config.query_limits.memory_bytes < 1 << 20 {
+            bail!("--query-memory-bytes must be at least 1048576 (1 MiB)");
+        }
+        if config.query_limits.timeout.is_zero() || config.token_ttl.is_zero() {
+            bail!("--query-timeout and --token-ttl must be longer than 0");
         }
         if config.alert_queue == 0 {
             bail!("--alert-queue must be at least 1");
@@ -325,7 +374,7 @@ impl Config {
 }
 
 /// Parses `NAME=EXPR`.
-fn parse_rule(rule: &str) -> Result<(String, String)> {
+pub(crate) fn parse_rule(rule: &str) -> Result<(String, String)> {
     match rule.split_once('=') {
         Some((name, expr)) if !name.trim().is_empty() && !expr.trim().is_empty() => {
             Ok((name.trim().to_string(), expr.trim().to_string()))

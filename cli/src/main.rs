@@ -5,8 +5,10 @@
 //! vigie simulate  ─ deterministic fleet ─▶ Ingest.WriteStream (and/or JSON lines)
 //! vigie query     ─ SQL (argument or prompt) ─▶ Flight SQL ─▶ printed table
 //! vigie compact   ─ lake ─▶ retention, compaction, vacuum of every tenant's tables, once
+//! vigie admin     ─ data dir ─▶ tenants, users, API keys (auth.json) + the tenant's audit_log
 //! ```
 
+mod admin;
 mod config;
 mod query;
 mod serve;
@@ -45,6 +47,8 @@ enum Command {
     /// Run table maintenance once (retention, compaction of closed days, vacuum) on a lake,
     /// with `serve`'s options; safe while servers run on the same lake.
     Compact(Box<config::ServeArgs>),
+    /// Manage tenants, users and API keys in a data dir (safe while the server runs).
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> Result<()> {
@@ -69,6 +73,7 @@ fn main() -> Result<()> {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Query(args) => query::run(args).await,
             Command::Compact(args) => compact(config::Config::resolve(*args)?).await,
+            Command::Admin(args) => admin::run(args).await,
         }
     })
 }
@@ -78,7 +83,20 @@ async fn compact(config: config::Config) -> Result<()> {
     use anyhow::Context;
     let lake = vigie_engine::store::Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
-    let reports = vigie_engine::compaction::maintain_lake(&lake, &config.maintenance())
+    let auth = vigie_engine::auth::AuthStore::new(&config.data_dir)
+        .load()
+        .context("cannot read the credentials file")?;
+    let retention = auth
+        .tenants
+        .iter()
+        .filter_map(|(name, t)| {
+            Some((
+                vigie_engine::store::TenantName::new(name).ok()?,
+                t.retention?,
+            ))
+        })
+        .collect();
+    let reports = vigie_engine::compaction::maintain_lake(&lake, &config.maintenance(), &retention)
         .await
         .context("maintenance failed")?;
     for (tenant, kind, r) in reports {

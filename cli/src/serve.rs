@@ -6,49 +6,77 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{info, warn};
+use vigie_engine::TenantSettings;
+use vigie_engine::auth::{AuthFile, AuthStore, Authenticator};
 use vigie_engine::store::Lake;
+use vigie_engine::store::TenantName;
 use vigie_engine::{Engine, EngineArgs, WalMode};
 use vigie_flight_server::VigieFlightSql;
+use vigie_ingest::auth::AuthLayer;
 use vigie_ingest::{AlertsService, IngestService};
-use vigie_sql::SqlEngine;
+use vigie_sql::Sessions;
 
 use crate::config::{Config, TlsFiles};
 
 pub(crate) async fn run(config: Config) -> Result<()> {
     info!(?config, "starting");
+    let auth = Arc::new(
+        Authenticator::open(AuthStore::new(&config.data_dir), config.token_ttl)
+            .context("cannot read the credentials file")?,
+    );
+    if auth.is_open() {
+        if !config.grpc_addr.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without authentication: no user or API key exists, so \
+                 anyone reaching that address could read and write every report. Create \
+                 credentials first (`vigie admin create-tenant NAME`, then `vigie admin \
+                 create-user` or `create-key`), or listen on a loopback address (127.0.0.1)",
+                config.grpc_addr
+            );
+        }
+        warn!(
+            "no credentials exist: open single-tenant mode (loopback only), every call is the admin of tenant `default`"
+        );
+    } else if config.tls.is_none() && !config.grpc_addr.ip().is_loopback() {
+        warn!(addr = %config.grpc_addr, "credentials travel in clear text: serve with --tls-cert/--tls-key outside loopback");
+    }
+    let auth_file = auth.file().context("cannot read the credentials file")?;
     let lake = Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
     let engine = Arc::new(
-        Engine::open(EngineArgs {
-            lake,
-            flush_interval: config.flush_interval,
-            flush_rows: config.flush_rows,
-            dedupe_window: config.dedupe_window,
-            wal: match &config.wal_dir {
-                None => WalMode::Off,
-                Some(dir) => WalMode::Local {
-                    dir: dir.clone(),
-                    segment_bytes: config.wal_segment_bytes,
-                    max_delay: config.wal_max_delay,
+        Engine::open(
+            EngineArgs {
+                lake,
+                flush_interval: config.flush_interval,
+                flush_rows: config.flush_rows,
+                dedupe_window: config.dedupe_window,
+                wal: match &config.wal_dir {
+                    None => WalMode::Off,
+                    Some(dir) => WalMode::Local {
+                        dir: dir.clone(),
+                        segment_bytes: config.wal_segment_bytes,
+                        max_delay: config.wal_max_delay,
+                    },
                 },
+                max_buffer_bytes: config.max_buffer_bytes,
+                alert_rules: config.alert_rules.clone(),
             },
-            max_buffer_bytes: config.max_buffer_bytes,
-            alert_rules: config.alert_rules.clone(),
-        })
+            tenant_settings(&auth_file)?,
+        )
         .await
         .context("cannot open the tables")?,
     );
-    let sql = SqlEngine::new(engine.default_tenant(), engine.lake())
-        .await
-        .context("cannot create the SQL session")?;
-    let flight = VigieFlightSql::new(sql).context("cannot create the Flight SQL service")?;
+    let sessions = Arc::new(Sessions::new(engine.clone(), config.query_limits));
+    let flight = VigieFlightSql::new(sessions, auth.clone())
+        .context("cannot create the Flight SQL service")?;
 
     let scheme = if config.tls.is_some() {
         "grpc+tls"
@@ -75,10 +103,22 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             stop_serving.clone(),
         )
     });
-    let webhook = config
-        .alert_webhook
-        .clone()
-        .map(|url| vigie_ingest::webhook::start_webhook(engine.clone(), url, stop_serving.clone()));
+    let webhooks = config.alert_webhook.clone().map(|url| {
+        engine
+            .tenants()
+            .into_iter()
+            .map(|tenant| {
+                let stop = stop_serving.clone();
+                vigie_ingest::webhook::start_webhook(engine.clone(), tenant, url.clone(), stop)
+            })
+            .collect::<Vec<_>>()
+    });
+    let reload = start_reload(ReloadArgs {
+        auth: auth.clone(),
+        engine: engine.clone(),
+        webhook: config.alert_webhook.clone(),
+        shutdown: stop_serving.clone(),
+    });
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
@@ -87,6 +127,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .context("invalid TLS configuration")?;
     }
     let server = builder
+        .layer(AuthLayer::new(auth.clone()))
         .add_service(IngestService::new(engine.clone()).into_server(config.max_message_bytes))
         .add_service(AlertsService::new(engine.clone(), config.alert_queue).into_server())
         .add_service(
@@ -127,7 +168,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         }
     }
     stop_serving.cancel();
-    if let Some(webhook) = webhook {
+    for webhook in webhooks.into_iter().flatten() {
+        let _ = webhook.await;
+    }
+    for webhook in reload.await.unwrap_or_default() {
         let _ = webhook.await;
     }
     if let Some(maintenance) = maintenance {
@@ -154,6 +198,103 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     }
     Ok(())
 }
+
+/// The tenants of the credentials file with their settings; the `default` tenant too in the open
+/// mode (its anonymous callers use it).
+pub(crate) fn tenant_settings(file: &AuthFile) -> Result<Vec<TenantSettings>> {
+    let mut tenants = Vec::new();
+    if file.is_open() {
+        tenants.push(TenantSettings::named(TenantName::default_tenant()));
+    }
+    for (name, record) in &file.tenants {
+        let name = TenantName::new(name)?;
+        if tenants.iter().any(|t| t.name == name) {
+            continue;
+        }
+        tenants.push(TenantSettings {
+            name,
+            alert_rules: record
+                .alert_rules
+                .iter()
+                .map(|r| crate::config::parse_rule(r))
+                .collect::<Result<_>>()?,
+            retention: record.retention,
+        });
+    }
+    Ok(tenants)
+}
+
+/// What the credentials reload loop needs.
+struct ReloadArgs {
+    auth: Arc<Authenticator>,
+    engine: Arc<Engine>,
+    webhook: Option<String>,
+    shutdown: CancellationToken,
+}
+
+/// Every second, re-reads the credentials file when it changed: opens new tenants (and starts
+/// their webhook), then checks calls against the new credentials (revocations apply at once).
+/// Returns the webhook tasks it started.
+fn start_reload(args: ReloadArgs) -> JoinHandle<Vec<JoinHandle<()>>> {
+    tokio::spawn(async move {
+        let mut webhooks = Vec::new();
+        let mut ticker = tokio::time::interval(RELOAD_PERIOD);
+        loop {
+            tokio::select! {
+                () = args.shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let file = match args.auth.read_if_changed() {
+                Ok(Some(file)) => file,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the credentials file; keeping the previous one");
+                    continue;
+                }
+            };
+            let settings = match tenant_settings(&file) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "invalid tenant settings; keeping the previous credentials");
+                    continue;
+                }
+            };
+            for settings in settings {
+                if args.engine.tenant(&settings.name).is_some() {
+                    continue;
+                }
+                let name = settings.name.clone();
+                match args.engine.add_tenant(settings).await {
+                    Ok(tenant) => {
+                        info!(%name, "tenant opened");
+                        if let Some(url) = &args.webhook {
+                            webhooks.push(vigie_ingest::webhook::start_webhook(
+                                args.engine.clone(),
+                                tenant,
+                                url.clone(),
+                                args.shutdown.clone(),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%name, error = %e, "cannot open a new tenant; retried at the next change")
+                    }
+                }
+            }
+            args.auth.install(&file);
+            info!(
+                users = file.users.len(),
+                keys = file.keys.len(),
+                tenants = file.tenants.len(),
+                "credentials reloaded"
+            );
+        }
+        webhooks
+    })
+}
+
+/// How often the credentials file is checked for changes.
+const RELOAD_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The TLS identity of the gRPC port, from PEM files.
 fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig> {

@@ -60,6 +60,10 @@ pub(crate) struct SimulateArgs {
     /// machine).
     #[arg(long)]
     pub(crate) measure_alerts: bool,
+    /// API key sent as `authorization: Bearer <key>` (a drone key; an analyst key for
+    /// `--measure-alerts`). Prefer the environment variable to keep it out of `ps`.
+    #[arg(long, env = "VIGIE_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
 }
 
 const FIRST: [&str; 24] = [
@@ -203,6 +207,36 @@ struct Totals {
     latencies_us: Vec<u64>,
 }
 
+/// Adds `authorization: Bearer <key>` to every call when a key is given.
+#[derive(Debug, Clone)]
+struct BearerAuth(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl BearerAuth {
+    fn new(key: Option<&str>) -> Result<Self> {
+        key.map(|k| {
+            format!("Bearer {k}")
+                .parse()
+                .context("the API key must be printable ASCII")
+        })
+        .transpose()
+        .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
     if args.target.is_none() && args.dump.is_none() {
         bail!("nothing to do: give --target to send reports, --dump to write them, or both");
@@ -249,8 +283,9 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot connect to {endpoint}"))?;
 
+    let auth = BearerAuth::new(args.api_key.as_deref())?;
     let alert_watch = if args.measure_alerts {
-        let mut stream = AlertsClient::new(channel.clone())
+        let mut stream = AlertsClient::with_interceptor(channel.clone(), auth.clone())
             .subscribe(SubscribeRequest { from_id: None })
             .await
             .context("Alerts.Subscribe refused")?
@@ -281,7 +316,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         // Send times of the requests not answered yet, in order (answers come back in order).
         let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
         senders.push((tx, sent_at.clone()));
-        let mut client = IngestClient::new(channel.clone())
+        let mut client = IngestClient::with_interceptor(channel.clone(), auth.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         tasks.push(tokio::spawn(async move {

@@ -128,7 +128,7 @@ async fn acknowledged_reports_survive_sigkill_exactly_once() {
             .table(&format!(
                 "SELECT count(*) = {n} AS all_raised, count(DISTINCT id) = count(*) AS unique, \
                  min(id) = 1 AS from_one, max(id) = count(*) AS dense, \
-                 count(DISTINCT (drone_id, seq)) = count(*) AS one_each FROM alerts"
+                 count(DISTINCT drone_id || ':' || seq) = count(*) AS one_each FROM alerts"
             ))
             .await,
         "+------------+--------+----------+-------+----------+\n\

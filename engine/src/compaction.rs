@@ -13,6 +13,7 @@
 //! refresh:   the live table reads the new version's files
 //! ```
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -72,7 +73,7 @@ pub fn compacted_writer_properties(kind: TableKind) -> WriterProperties {
             "name".to_string(),
         ])),
         TableKind::Alerts => Some(ColumnPath::from("citizen")),
-        TableKind::Hourly => None,
+        TableKind::Hourly | TableKind::Audit => None,
     };
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -155,7 +156,7 @@ pub async fn maintain(
     for day in days_to_compact(&files, today, args.target_file_bytes) {
         let (rewritten, removed, added) = match kind {
             TableKind::Hourly => reaggregate_day(lake, &path, &delta, &files, day).await?,
-            TableKind::Reports | TableKind::Alerts => {
+            TableKind::Reports | TableKind::Alerts | TableKind::Audit => {
                 let value = day.to_string();
                 let filters = [(
                     DAY_COLUMN,
@@ -266,13 +267,19 @@ async fn reaggregate_day(
     Ok((table, removed, added))
 }
 
-/// Maintains every table of every tenant of `lake`, as `vigie compact` does without a server.
+/// Maintains every table of every tenant of `lake`, as `vigie compact` does without a server;
+/// `tenant_retention` overrides `args.retention` per tenant.
 pub async fn maintain_lake(
     lake: &Lake,
     args: &MaintenanceArgs,
+    tenant_retention: &BTreeMap<TenantName, Duration>,
 ) -> Result<Vec<(TenantName, TableKind, MaintenanceReport)>> {
     let mut reports = Vec::new();
     for tenant in lake.tenants().await? {
+        let args = &MaintenanceArgs {
+            retention: tenant_retention.get(&tenant).copied().or(args.retention),
+            ..args.clone()
+        };
         for kind in TableKind::ALL {
             let gauge = Arc::new(AtomicUsize::new(0));
             let table = LiveTable::open(lake, &tenant, kind, gauge).await?;

@@ -12,6 +12,8 @@
 //! window, so a retry after a restart is still a duplicate.
 
 pub mod alert;
+pub mod audit;
+pub mod auth;
 pub mod compaction;
 pub mod dedupe;
 pub mod report;
@@ -40,6 +42,7 @@ use tracing::{error, info, warn};
 use vigie_proto::v1::{Alert, Rejection, WriteRequest, WriteResponse};
 
 use crate::alert::{AlertHub, DEFAULT_RULE, RuleSet, alerts_to_proto};
+use crate::audit::AuditEvent;
 use crate::dedupe::DedupeIndex;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
@@ -74,6 +77,15 @@ pub enum Error {
     /// Stored Parquet files could not be read back.
     #[error("reading stored data: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Missing, wrong, expired or revoked credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The credentials are valid but their role may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A named thing (tenant, user, key) does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// The engine's result type.
@@ -124,6 +136,9 @@ pub struct Tenant {
     reports: Arc<LiveTable>,
     alerts: Arc<LiveTable>,
     hourly: Arc<LiveTable>,
+    audit: Arc<LiveTable>,
+    /// Whole days older than this are deleted (overrides the server's retention).
+    retention: Option<Duration>,
     /// Dedupe index and alert id counter, changed together with the WAL and buffers.
     state: Mutex<WriteState>,
     rules: RuleSet,
@@ -175,6 +190,7 @@ impl Tenant {
             TableKind::Reports => &self.reports,
             TableKind::Alerts => &self.alerts,
             TableKind::Hourly => &self.hourly,
+            TableKind::Audit => &self.audit,
         }
     }
 
@@ -224,6 +240,16 @@ impl Tenant {
         let mut alerts: Vec<Alert> = batches.iter().flat_map(alerts_to_proto).collect();
         alerts.sort_by_key(|a| a.id);
         Ok(alerts)
+    }
+
+    /// Records an audited action in the tenant's `audit_log` (committed within a second).
+    pub fn audit(&self, event: &AuditEvent) {
+        match audit::audit_batch(std::slice::from_ref(event)) {
+            Ok(batch) => self.audit.push(batch, 0),
+            Err(e) => {
+                error!(tenant = %self.name, error = %e, ?event, "cannot record an audit event")
+            }
+        }
     }
 
     /// A table's consistent snapshot (committed files + buffer).
@@ -374,8 +400,9 @@ impl Tenant {
         // Under the write lock, no record is between "appended" and "buffered".
         let _writes = self.state.lock();
         let last = self.wal.last_position();
-        self.tables
-            .values()
+        // The audit log is not written through the WAL.
+        [&self.reports, &self.alerts, &self.hourly]
+            .into_iter()
             .map(|t| {
                 t.first_buffered_position()
                     .map_or(last, |p| p.saturating_sub(1))
@@ -455,17 +482,47 @@ fn insert_keys(index: &mut DedupeIndex, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
+/// How often buffered audit events are committed.
+const AUDIT_FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
 /// The engine: every tenant's tables, and the background flusher.
 #[derive(Debug)]
 pub struct Engine {
     args: EngineArgs,
-    tenants: BTreeMap<TenantName, Arc<Tenant>>,
+    tenants: parking_lot::RwLock<BTreeMap<TenantName, Arc<Tenant>>>,
+    /// Serialises [`Engine::add_tenant`] (opening a tenant replays its WAL).
+    opening: tokio::sync::Mutex<()>,
+    writer_id: String,
     flush_now: Arc<Notify>,
+    gauge: Arc<AtomicUsize>,
+}
+
+/// A tenant's own settings; unset ones fall back to the server's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// The tenant.
+    pub name: TenantName,
+    /// Its alert rules as `(name, expression)`; empty: [`EngineArgs::alert_rules`].
+    pub alert_rules: Vec<(String, String)>,
+    /// Whole days older than this are deleted; `None`: the maintenance arguments' retention.
+    pub retention: Option<Duration>,
+}
+
+impl TenantSettings {
+    /// A tenant with the server's settings.
+    pub fn named(name: TenantName) -> Self {
+        Self {
+            name,
+            alert_rules: Vec::new(),
+            retention: None,
+        }
+    }
 }
 
 impl Engine {
-    /// Opens (creating when missing) the tables of the `default` tenant and rebuilds dedupe state.
-    pub async fn open(args: EngineArgs) -> Result<Self> {
+    /// Opens (creating when missing) the tables of `tenants` (the `default` tenant when empty)
+    /// and rebuilds their dedupe state and buffers.
+    pub async fn open(args: EngineArgs, tenants: Vec<TenantSettings>) -> Result<Self> {
         if args.flush_rows == 0 {
             return Err(Error::InvalidConfig("flush_rows must be at least 1".into()));
         }
@@ -474,95 +531,128 @@ impl Engine {
                 "flush_interval must be longer than 0".into(),
             ));
         }
-        let flush_now = Arc::new(Notify::new());
-        let gauge = Arc::new(AtomicUsize::new(0));
-        let rules: Vec<(String, String)> = if args.alert_rules.is_empty() {
-            vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
-        } else {
-            args.alert_rules.clone()
-        };
         // Fail on a bad rule before touching any table.
-        RuleSet::compile(&rules)?;
+        RuleSet::compile(&rules_or_default(&args.alert_rules))?;
+        for settings in &tenants {
+            RuleSet::compile(&rules_or_default(&settings.alert_rules))
+                .map_err(|e| Error::InvalidConfig(format!("tenant {}: {e}", settings.name)))?;
+        }
         let writer_id = match &args.wal {
             WalMode::Off => "volatile".to_string(),
             WalMode::Local { dir, .. } => writer_id(dir)?,
         };
-        let mut tenants = BTreeMap::new();
-        for name in [TenantName::default_tenant()] {
-            let mut tables = BTreeMap::new();
-            for kind in TableKind::ALL {
-                let table = LiveTable::open(&args.lake, &name, kind, gauge.clone()).await?;
-                tables.insert(kind.name(), Arc::new(table));
-            }
-            let reports = tables[TableKind::Reports.name()].clone();
-            let alerts = tables[TableKind::Alerts.name()].clone();
-            let hourly = tables[TableKind::Hourly.name()].clone();
-            let wal_app_id = format!("vigie-wal-{writer_id}");
-            let reports_committed = reports.committed_wal_position(&wal_app_id).await?;
-            let alerts_committed = alerts.committed_wal_position(&wal_app_id).await?;
-            let hourly_committed = hourly.committed_wal_position(&wal_app_id).await?;
-            let committed = reports_committed
-                .min(alerts_committed)
-                .min(hourly_committed);
-            let (wal, replay): (Box<dyn Wal>, Vec<WalRecord>) = match &args.wal {
-                WalMode::Off => (Box::new(VolatileWal::new(committed)), Vec::new()),
-                WalMode::Local {
-                    dir,
-                    segment_bytes,
-                    max_delay,
-                } => {
-                    let (wal, replay) = LocalWal::open(LocalWalArgs {
-                        dir: dir.join(name.as_str()),
-                        segment_bytes: *segment_bytes,
-                        max_delay: *max_delay,
-                        after: committed,
-                    })?;
-                    (Box::new(wal), replay)
-                }
-            };
-            let mut tenant = Tenant {
-                name: name.clone(),
-                reports,
-                alerts,
-                hourly,
-                tables,
-                state: Mutex::new(WriteState {
-                    dedupe: DedupeIndex::default(),
-                    next_alert_id: 1,
-                }),
-                rules: RuleSet::compile(&rules)?,
-                hub: AlertHub::default(),
-                logged_alerts: AtomicU64::new(0),
-                wal,
-                wal_app_id,
-                flush_rows: args.flush_rows,
-                flush_now: flush_now.clone(),
-                gauge: gauge.clone(),
-                max_buffer_bytes: args.max_buffer_bytes,
-            };
-            tenant
-                .rebuild_dedupe(&args.lake, window_micros(args.dedupe_window))
-                .await?;
-            let stored_alerts = tenant.max_alert_id(&args.lake).await?;
-            tenant.state.lock().next_alert_id = stored_alerts + 1;
-            if !replay.is_empty() {
-                tenant.replay(
-                    replay,
-                    reports_committed,
-                    alerts_committed,
-                    hourly_committed,
-                )?;
-            }
-            let last_alert = tenant.state.lock().next_alert_id - 1;
-            tenant.hub = AlertHub::new(last_alert as u64);
-            info!(tenant = %name, last_alert, rules = tenant.rules.rules().len(), "alerts ready");
-            tenants.insert(name, Arc::new(tenant));
-        }
-        Ok(Self {
+        let engine = Self {
             args,
-            tenants,
-            flush_now,
-        })
+            tenants: parking_lot::RwLock::default(),
+            opening: tokio::sync::Mutex::new(()),
+            writer_id,
+            flush_now: Arc::new(Notify::new()),
+            gauge: Arc::new(AtomicUsize::new(0)),
+        };
+        let tenants = if tenants.is_empty() {
+            vec![TenantSettings::named(TenantName::default_tenant())]
+        } else {
+            tenants
+        };
+        for settings in tenants {
+            engine.add_tenant(settings).await?;
+        }
+        Ok(engine)
+    }
+
+    /// Opens a tenant's tables (creating them when missing), replaying its WAL, unless it is
+    /// open already. Safe while the engine serves other tenants.
+    pub async fn add_tenant(&self, settings: TenantSettings) -> Result<Arc<Tenant>> {
+        let _opening = self.opening.lock().await;
+        if let Some(tenant) = self.tenant(&settings.name) {
+            return Ok(tenant);
+        }
+        let tenant = Arc::new(self.open_tenant(settings).await?);
+        self.tenants
+            .write()
+            .insert(tenant.name.clone(), tenant.clone());
+        Ok(tenant)
+    }
+
+    async fn open_tenant(&self, settings: TenantSettings) -> Result<Tenant> {
+        let args = &self.args;
+        let rules = rules_or_default(if settings.alert_rules.is_empty() {
+            &args.alert_rules
+        } else {
+            &settings.alert_rules
+        });
+        let name = settings.name;
+        let mut tables = BTreeMap::new();
+        for kind in TableKind::ALL {
+            let table = LiveTable::open(&args.lake, &name, kind, self.gauge.clone()).await?;
+            tables.insert(kind.name(), Arc::new(table));
+        }
+        let reports = tables[TableKind::Reports.name()].clone();
+        let alerts = tables[TableKind::Alerts.name()].clone();
+        let hourly = tables[TableKind::Hourly.name()].clone();
+        let audit = tables[TableKind::Audit.name()].clone();
+        let wal_app_id = format!("vigie-wal-{}", self.writer_id);
+        let reports_committed = reports.committed_wal_position(&wal_app_id).await?;
+        let alerts_committed = alerts.committed_wal_position(&wal_app_id).await?;
+        let hourly_committed = hourly.committed_wal_position(&wal_app_id).await?;
+        let committed = reports_committed
+            .min(alerts_committed)
+            .min(hourly_committed);
+        let (wal, replay): (Box<dyn Wal>, Vec<WalRecord>) = match &args.wal {
+            WalMode::Off => (Box::new(VolatileWal::new(committed)), Vec::new()),
+            WalMode::Local {
+                dir,
+                segment_bytes,
+                max_delay,
+            } => {
+                let (wal, replay) = LocalWal::open(LocalWalArgs {
+                    dir: dir.join(name.as_str()),
+                    segment_bytes: *segment_bytes,
+                    max_delay: *max_delay,
+                    after: committed,
+                })?;
+                (Box::new(wal), replay)
+            }
+        };
+        let mut tenant = Tenant {
+            name: name.clone(),
+            reports,
+            alerts,
+            hourly,
+            audit,
+            tables,
+            state: Mutex::new(WriteState {
+                dedupe: DedupeIndex::default(),
+                next_alert_id: 1,
+            }),
+            rules: RuleSet::compile(&rules)?,
+            hub: AlertHub::default(),
+            logged_alerts: AtomicU64::new(0),
+            wal,
+            wal_app_id,
+            flush_rows: args.flush_rows,
+            flush_now: self.flush_now.clone(),
+            gauge: self.gauge.clone(),
+            max_buffer_bytes: args.max_buffer_bytes,
+            retention: settings.retention,
+        };
+        tenant
+            .rebuild_dedupe(&args.lake, window_micros(args.dedupe_window))
+            .await?;
+        let stored_alerts = tenant.max_alert_id(&args.lake).await?;
+        tenant.state.lock().next_alert_id = stored_alerts + 1;
+        if !replay.is_empty() {
+            tenant.replay(
+                replay,
+                reports_committed,
+                alerts_committed,
+                hourly_committed,
+            )?;
+        }
+        let last_alert = tenant.state.lock().next_alert_id - 1;
+        tenant.hub = AlertHub::new(last_alert as u64);
+        info!(tenant = %name, last_alert, rules = tenant.rules.rules().len(), "alerts ready");
+        Ok(tenant)
     }
 
     /// The lake the engine writes to.
@@ -570,21 +660,28 @@ impl Engine {
         &self.args.lake
     }
 
-    /// A tenant by name.
+    /// A tenant by name, if open.
     pub fn tenant(&self, name: &TenantName) -> Option<Arc<Tenant>> {
-        self.tenants.get(name).cloned()
+        self.tenants.read().get(name).cloned()
     }
 
-    /// The `default` tenant (the only one until tenants are managed).
-    pub fn default_tenant(&self) -> Arc<Tenant> {
-        self.tenants[&TenantName::default_tenant()].clone()
+    /// Every open tenant, by name.
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        self.tenants.read().values().cloned().collect()
+    }
+
+    /// The `default` tenant: the open single-tenant mode's, and the only one when no tenant was
+    /// given to [`Engine::open`].
+    pub fn default_tenant(&self) -> Result<Arc<Tenant>> {
+        self.tenant(&TenantName::default_tenant())
+            .ok_or_else(|| Error::NotFound("the default tenant is not open".into()))
     }
 
     /// Flushes every table of every tenant once; returns the rows written. Stops at the first error
     /// (the unflushed rows stay buffered).
     pub async fn flush_all(&self) -> Result<usize> {
         let mut rows = 0;
-        for tenant in self.tenants.values() {
+        for tenant in self.tenants() {
             let mut committed = false;
             // Reports before their rollup, which is derived from what the reports flush wrote.
             for kind in [TableKind::Reports, TableKind::Alerts, TableKind::Hourly] {
@@ -602,6 +699,11 @@ impl Engine {
             if committed {
                 tenant.wal.truncate(tenant.safe_wal_position()).await?;
             }
+            rows += tenant
+                .audit
+                .flush(&self.args.lake, &tenant.wal_app_id)
+                .await?
+                .rows;
             tenant
                 .state
                 .lock()
@@ -621,6 +723,21 @@ impl Engine {
         Ok(rows)
     }
 
+    /// Commits the buffered audit events of every tenant (failures are logged; the events stay
+    /// buffered for the next try).
+    pub async fn flush_audit(&self) {
+        for tenant in self.tenants() {
+            if tenant.audit.buffered().0 > 0
+                && let Err(e) = tenant
+                    .audit
+                    .flush(&self.args.lake, &tenant.wal_app_id)
+                    .await
+            {
+                warn!(tenant = %tenant.name, error = %e, "cannot commit the audit log; retried");
+            }
+        }
+    }
+
     /// Starts the background flusher: every `flush_interval`, or sooner when a table holds
     /// `flush_rows`. On `shutdown` it flushes one last time and ends.
     pub fn start_flusher(self: &Arc<Self>, shutdown: CancellationToken) -> JoinHandle<Result<()>> {
@@ -630,12 +747,18 @@ impl Engine {
             // The first flush is one period after start, not at once.
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut audit_ticker = tokio::time::interval(AUDIT_FLUSH_PERIOD);
+            audit_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut backoff = Duration::from_secs(1);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = ticker.tick() => {}
                     _ = engine.flush_now.notified() => {}
+                    _ = audit_ticker.tick() => {
+                        engine.flush_audit().await;
+                        continue;
+                    }
                 }
                 match engine.flush_all().await {
                     Ok(_) => backoff = Duration::from_secs(1),
@@ -666,10 +789,14 @@ impl Engine {
         args: &compaction::MaintenanceArgs,
     ) -> Result<Vec<(TenantName, TableKind, compaction::MaintenanceReport)>> {
         let mut reports = Vec::new();
-        for (name, tenant) in &self.tenants {
+        for tenant in self.tenants() {
+            let args = compaction::MaintenanceArgs {
+                retention: tenant.retention.or(args.retention),
+                ..args.clone()
+            };
             for (_, table) in tenant.tables() {
-                let report = compaction::maintain(self.lake(), table, args).await?;
-                reports.push((name.clone(), table.kind(), report));
+                let report = compaction::maintain(self.lake(), table, &args).await?;
+                reports.push((tenant.name.clone(), table.kind(), report));
             }
         }
         Ok(reports)
@@ -760,4 +887,13 @@ fn writer_id(dir: &std::path::Path) -> Result<String> {
 
 fn window_micros(window: Duration) -> i64 {
     i64::try_from(window.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// `rules`, or the default rule when empty.
+fn rules_or_default(rules: &[(String, String)]) -> Vec<(String, String)> {
+    if rules.is_empty() {
+        vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
+    } else {
+        rules.to_vec()
+    }
 }

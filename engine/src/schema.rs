@@ -25,11 +25,18 @@ pub enum TableKind {
     /// Partial counts per (hour, drone, area cell), derived from each reports flush: the
     /// questions dashboards ask without scanning raw history (see `rollup`).
     Hourly,
+    /// Who queried or administered what, when, with which outcome (admins only).
+    Audit,
 }
 
 impl TableKind {
     /// Every stored table, in a fixed order.
-    pub const ALL: [TableKind; 3] = [TableKind::Reports, TableKind::Alerts, TableKind::Hourly];
+    pub const ALL: [TableKind; 4] = [
+        TableKind::Reports,
+        TableKind::Alerts,
+        TableKind::Hourly,
+        TableKind::Audit,
+    ];
 
     /// The table's SQL (and directory) name.
     pub fn name(self) -> &'static str {
@@ -37,6 +44,7 @@ impl TableKind {
             TableKind::Reports => "reports",
             TableKind::Alerts => "alerts",
             TableKind::Hourly => "reports_hourly",
+            TableKind::Audit => "audit_log",
         }
     }
 
@@ -46,6 +54,7 @@ impl TableKind {
             TableKind::Reports => REPORTS_SCHEMA.clone(),
             TableKind::Alerts => ALERTS_SCHEMA.clone(),
             TableKind::Hourly => HOURLY_SCHEMA.clone(),
+            TableKind::Audit => AUDIT_SCHEMA.clone(),
         }
     }
 }
@@ -116,6 +125,20 @@ static HOURLY_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("sightings", DataType::Int64, false),
         Field::new("low_score_sightings", DataType::Int64, false),
         Field::new("min_score", DataType::Float64, true),
+        Field::new(DAY_COLUMN, DataType::Date32, false),
+    ]))
+});
+
+static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("time", timestamp_type(), false),
+        Field::new("principal", DataType::Utf8, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("duration_ms", DataType::Float64, true),
+        Field::new("outcome", DataType::Utf8, false),
         Field::new(DAY_COLUMN, DataType::Date32, false),
     ]))
 });

@@ -136,7 +136,10 @@ fn request(drone: &str, seqs: Range<u64>) -> WriteRequest {
 }
 
 fn stored_rows(engine: &Engine) -> (usize, usize) {
-    let s = engine.default_tenant().snapshot(TableKind::Reports);
+    let s = engine
+        .default_tenant()
+        .unwrap()
+        .snapshot(TableKind::Reports);
     let committed = s.files.iter().map(|f| f.num_rows.expect("stats")).sum();
     let buffered = s.buffered.iter().map(|b| b.num_rows()).sum();
     (committed, buffered)
@@ -147,22 +150,25 @@ async fn store_outage_fills_the_buffer_then_refuses_and_recovers_without_loss() 
     let wal_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FlakyStore::default());
     let lake = Lake::from_store(store.clone(), &Url::parse("memory:///lake").unwrap()).unwrap();
-    let engine = Engine::open(EngineArgs {
-        lake,
-        flush_interval: Duration::from_secs(3600),
-        flush_rows: usize::MAX,
-        dedupe_window: Duration::from_secs(86_400),
-        wal: WalMode::Local {
-            dir: wal_dir.path().to_path_buf(),
-            segment_bytes: 1 << 20,
-            max_delay: Duration::ZERO,
+    let engine = Engine::open(
+        EngineArgs {
+            lake,
+            flush_interval: Duration::from_secs(3600),
+            flush_rows: usize::MAX,
+            dedupe_window: Duration::from_secs(86_400),
+            wal: WalMode::Local {
+                dir: wal_dir.path().to_path_buf(),
+                segment_bytes: 1 << 20,
+                max_delay: Duration::ZERO,
+            },
+            max_buffer_bytes: 2 << 20,
+            alert_rules: Vec::new(),
         },
-        max_buffer_bytes: 2 << 20,
-        alert_rules: Vec::new(),
-    })
+        Vec::new(),
+    )
     .await
     .unwrap();
-    let tenant = engine.default_tenant();
+    let tenant = engine.default_tenant().unwrap();
     let answer = tenant.write(&request("a", 0..100)).await.unwrap();
     assert_eq!(answer.accepted, 100);
     engine.flush_all().await.unwrap();

@@ -57,9 +57,12 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
-use vigie_sql::{Error as SqlError, SqlEngine, plain_schema, to_plain};
+use vigie_engine::Error as EngineError;
+use vigie_engine::auth::{Authenticator, Principal};
+use vigie_sql::{Error as SqlError, Sessions, SqlEngine, plain_schema, to_plain};
 
 use crate::cache::TtlCache;
 use crate::handle::Handle;
@@ -70,8 +73,36 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 pub fn status_of(error: &SqlError) -> Status {
     match error {
         SqlError::ReadOnly(m) | SqlError::Parameters(m) => Status::invalid_argument(m.clone()),
+        SqlError::Busy(m) => Status::resource_exhausted(m.clone()),
+        SqlError::Unavailable(m) => Status::unavailable(m.clone()),
         SqlError::DataFusion(e) => datafusion_status(e),
     }
+}
+
+/// The status of a failed login (Handshake).
+fn login_status(error: &EngineError) -> Status {
+    match error {
+        EngineError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+        EngineError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+        EngineError::NotFound(m) => Status::not_found(m.clone()),
+        EngineError::Overloaded(m) => Status::resource_exhausted(m.clone()),
+        EngineError::InvalidConfig(_)
+        | EngineError::Corrupt(_)
+        | EngineError::ObjectStore(_)
+        | EngineError::Delta(_)
+        | EngineError::Arrow(_)
+        | EngineError::Wal(_)
+        | EngineError::DataFusion(_) => Status::internal(error.to_string()),
+    }
+}
+
+/// The principal the gRPC port's auth layer attached to the request.
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request did not pass the auth layer"))
 }
 
 fn datafusion_status(error: &DataFusionError) -> Status {
@@ -98,17 +129,20 @@ fn datafusion_status(error: &DataFusionError) -> Status {
     }
 }
 
-/// The Flight SQL service over one tenant's SQL session.
+/// The Flight SQL service: each caller sees its own tenant's session.
 #[derive(Clone)]
 pub struct VigieFlightSql {
-    sql: SqlEngine,
+    sessions: Arc<Sessions>,
+    auth: Arc<Authenticator>,
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
-    /// Physical plans waiting for their DoGet, by plan id, with the statement key they are for.
-    plans: Arc<TtlCache<u64, (Bytes, Planned)>>,
+    /// Physical plans waiting for their DoGet, by plan id, with the principal and statement key
+    /// they are for (a ticket only runs for the principal that planned it).
+    plans: Arc<TtlCache<u64, (Principal, Bytes, Planned)>>,
     next_plan: Arc<AtomicU64>,
-    /// Parameters bound through DoPut, by the handle CreatePreparedStatement returned.
-    bindings: Arc<TtlCache<Bytes, Bytes>>,
+    /// Parameters bound through DoPut, by principal and the handle CreatePreparedStatement
+    /// returned.
+    bindings: Arc<TtlCache<(Principal, Bytes), Bytes>>,
 }
 
 /// A statement's physical plans (one per bound parameter row) and the context to run them.
@@ -123,7 +157,7 @@ struct Planned {
 impl std::fmt::Debug for VigieFlightSql {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VigieFlightSql")
-            .field("sql", &self.sql)
+            .field("sessions", &self.sessions)
             .field("waiting_plans", &self.plans.len())
             .field("bindings", &self.bindings.len())
             .finish()
@@ -139,11 +173,12 @@ const BINDINGS_CAPACITY: usize = 4096;
 const BINDINGS_TTL: Duration = Duration::from_secs(3600);
 
 impl VigieFlightSql {
-    /// A service answering with `sql`.
-    pub fn new(sql: SqlEngine) -> Result<Self, FlightError> {
-        let sql_info = metadata::sql_info(&sql.context().state())?;
+    /// A service answering from `sessions`, logging users in with `auth`.
+    pub fn new(sessions: Arc<Sessions>, auth: Arc<Authenticator>) -> Result<Self, FlightError> {
+        let sql_info = metadata::sql_info(&datafusion::prelude::SessionContext::new().state())?;
         Ok(Self {
-            sql,
+            sessions,
+            auth,
             sql_info: Arc::new(sql_info),
             xdbc_types: Arc::new(metadata::xdbc_type_info()?),
             plans: Arc::new(TtlCache::new(PLAN_CACHE_CAPACITY, PLAN_CACHE_TTL)),
@@ -193,10 +228,10 @@ impl VigieFlightSql {
 
     /// `handle` with the parameters DoPut bound to it, when the client sent back the handle
     /// CreatePreparedStatement made rather than the one DoPut returned.
-    fn with_bindings(&self, mut handle: Handle) -> Handle {
+    fn with_bindings(&self, who: &Principal, mut handle: Handle) -> Handle {
         if handle.parameters.is_empty()
             && !handle.id.is_empty()
-            && let Some(parameters) = self.bindings.get(&handle.binding_key())
+            && let Some(parameters) = self.bindings.get(&(who.clone(), handle.binding_key()))
         {
             handle.parameters = parameters;
         }
@@ -205,9 +240,12 @@ impl VigieFlightSql {
 
     /// Plans `handle`'s statement and binds its parameters: one frame per bound parameter row,
     /// or one; with the result schema.
-    async fn frames(&self, handle: &Handle) -> Result<(SchemaRef, Vec<DataFrame>), Status> {
-        let statement = self
-            .sql
+    async fn frames(
+        &self,
+        sql: &SqlEngine,
+        handle: &Handle,
+    ) -> Result<(SchemaRef, Vec<DataFrame>), Status> {
+        let statement = sql
             .statement(&handle.sql)
             .await
             .map_err(|e| status_of(&e))?;
@@ -224,9 +262,9 @@ impl VigieFlightSql {
     }
 
     /// Plans `handle`'s statement to physical plans: one per bound parameter row, or one.
-    async fn physical(&self, handle: &Handle) -> Result<Planned, Status> {
-        let (schema, frames) = self.frames(handle).await?;
-        let task = Arc::new(frames[0].task_ctx());
+    async fn physical(&self, sql: &SqlEngine, handle: &Handle) -> Result<Planned, Status> {
+        let (schema, frames) = self.frames(sql, handle).await?;
+        let task = sql.task_context(&frames[0]).map_err(|e| status_of(&e))?;
         let mut plans = Vec::with_capacity(frames.len());
         for frame in frames {
             plans.push(
@@ -247,13 +285,23 @@ impl VigieFlightSql {
     async fn statement_info(
         &self,
         handle: Handle,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let handle = self.with_bindings(handle);
-        let planned = self.physical(&handle).await?;
+        let who = principal(&request)?;
+        let descriptor = request.into_inner();
+        let handle = self.with_bindings(&who, handle);
+        let started = Instant::now();
+        let planned = match self.session(&who).await {
+            Ok(sql) => self.physical(&sql, &handle).await,
+            Err(e) => Err(e),
+        };
+        // A refused or wrong statement never reaches DoGet: audit it here.
+        let planned =
+            planned.inspect_err(|status| self.audit_refusal(&who, &handle.sql, started, status))?;
         let schema = planned.schema.clone();
         let plan = self.next_plan.fetch_add(1, Ordering::Relaxed).max(1);
-        self.plans.insert(plan, (handle.statement_key(), planned));
+        self.plans
+            .insert(plan, (who, handle.statement_key(), planned));
         let ticket = TicketStatementQuery {
             statement_handle: Handle { plan, ..handle }.to_bytes(),
         }
@@ -265,19 +313,49 @@ impl VigieFlightSql {
 
     /// DoGet for a statement: runs the plan GetFlightInfo made, or plans again when it is gone,
     /// and streams the batches as they are produced.
-    async fn run(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
-        let handle = self.with_bindings(handle);
-        let planned = match self.plans.take(&handle.plan) {
-            Some((key, planned)) if key == handle.statement_key() => planned,
-            _ => self.physical(&handle).await?,
+    ///
+    /// The query holds one of its tenant's concurrency permits until it ends, is cancelled after
+    /// the time limit, and is recorded in the audit log with its outcome and row count.
+    async fn run<T>(
+        &self,
+        handle: Handle,
+        request: &Request<T>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let who = principal(request)?;
+        let handle = self.with_bindings(&who, handle);
+        let started = Instant::now();
+        let mut audit = QueryAudit {
+            sessions: self.sessions.clone(),
+            principal: who.clone(),
+            sql: handle.sql.clone(),
+            started,
+            rows: 0,
+            outcome: None,
         };
-        info!(sql = %handle.sql, "query");
+        let permit = self
+            .sessions
+            .admit(&who.tenant)
+            .map_err(|e| audit.fail(status_of(&e)))?;
+        let planned = match self.plans.take(&handle.plan) {
+            Some((planner, key, planned)) if planner == who && key == handle.statement_key() => {
+                planned
+            }
+            _ => {
+                let sql = self.session(&who).await.map_err(|s| audit.fail(s))?;
+                self.physical(&sql, &handle)
+                    .await
+                    .map_err(|s| audit.fail(s))?
+            }
+        };
+        info!(principal = %who.name, tenant = %who.tenant, sql = %handle.sql, "query");
         let Planned {
             schema,
             plans,
             task,
         } = planned;
         let out_schema = schema.clone();
+        let limit = self.sessions.limits().timeout;
+        let deadline = tokio::time::Instant::from_std(started + limit);
         let batches = futures::stream::iter(plans)
             .flat_map(move |plan| match execute_stream(plan, task.clone()) {
                 Ok(stream) => stream.boxed(),
@@ -291,7 +369,95 @@ impl VigieFlightSql {
                             .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
                     })
             });
-        Ok(Response::new(stream_batches(schema, batches)))
+        let bounded = futures::stream::unfold(
+            (batches.boxed(), Some((audit, permit))),
+            move |(mut batches, state)| async move {
+                let (mut audit, permit) = state?;
+                let next = match tokio::time::timeout_at(deadline, batches.next()).await {
+                    Ok(next) => next,
+                    Err(_) => Some(Err(FlightError::Tonic(Box::new(
+                        Status::deadline_exceeded(format!(
+                            "the query ran longer than the limit of {} and was cancelled",
+                            humantime::format_duration(limit)
+                        )),
+                    )))),
+                };
+                match next {
+                    Some(Ok(batch)) => {
+                        audit.rows += batch.num_rows();
+                        Some((Ok(batch), (batches, Some((audit, permit)))))
+                    }
+                    Some(Err(e)) => {
+                        audit.outcome = Some(Err(e.to_string()));
+                        // Dropping the stream cancels the plan; the permit goes with it.
+                        drop(permit);
+                        Some((Err(e), (futures::stream::empty().boxed(), None)))
+                    }
+                    None => {
+                        audit.outcome = Some(Ok(()));
+                        None
+                    }
+                }
+            },
+        );
+        Ok(Response::new(stream_batches(schema, bounded)))
+    }
+
+    /// Records a statement refused before it could run (not read-only, wrong, over a limit).
+    fn audit_refusal(&self, who: &Principal, sql: &str, started: Instant, status: &Status) {
+        self.sessions.audit(
+            who,
+            sql,
+            None,
+            started.elapsed(),
+            Err(status.message().to_string()),
+        );
+    }
+
+    /// The SQL session of `who`.
+    async fn session(&self, who: &Principal) -> Result<SqlEngine, Status> {
+        self.sessions.session(who).await.map_err(|e| status_of(&e))
+    }
+
+    /// The SQL session of the request's principal.
+    async fn session_of<T>(&self, request: &Request<T>) -> Result<SqlEngine, Status> {
+        self.session(&principal(request)?).await
+    }
+}
+
+/// One query's audit record, written when it is dropped: after the last batch, an error, or the
+/// client going away (then the outcome says so).
+struct QueryAudit {
+    sessions: Arc<Sessions>,
+    principal: Principal,
+    sql: String,
+    started: Instant,
+    rows: usize,
+    outcome: Option<Result<(), String>>,
+}
+
+impl QueryAudit {
+    /// Records `status` as the outcome and gives it back.
+    fn fail(&mut self, status: Status) -> Status {
+        self.outcome = Some(Err(status.message().to_string()));
+        status
+    }
+}
+
+impl Drop for QueryAudit {
+    fn drop(&mut self) {
+        let outcome = self
+            .outcome
+            .take()
+            .unwrap_or_else(|| Err("cancelled: the client stopped reading".into()));
+        let rows = outcome.is_ok().then_some(self.rows);
+        self.sessions.audit(
+            &self.principal,
+            &self.sql,
+            rows,
+            self.started.elapsed(),
+            outcome,
+        );
     }
 }
 
@@ -307,24 +473,6 @@ fn schema_bytes(schema: &arrow::datatypes::Schema) -> Result<bytes::Bytes, Statu
 /// The status for a command Vigie does not implement, naming it.
 fn unsupported(command: &str, why: &str) -> Status {
     Status::unimplemented(format!("Vigie does not implement {command}: {why}"))
-}
-
-/// The user name of an `authorization: Basic …` header; the base64 may lack its padding.
-fn basic_user(header: &str) -> Result<String, Status> {
-    use base64::Engine as _;
-    let encoded = header
-        .strip_prefix("Basic ")
-        .ok_or_else(|| Status::unauthenticated("the handshake expects Basic credentials"))?
-        .trim();
-    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(encoded.trim_end_matches('='))
-        .map_err(|_| Status::unauthenticated("Basic credentials are not valid base64"))?;
-    let text = String::from_utf8(decoded)
-        .map_err(|_| Status::unauthenticated("Basic credentials are not UTF-8"))?;
-    let (user, _password) = text
-        .split_once(':')
-        .ok_or_else(|| Status::unauthenticated("Basic credentials must be user:password"))?;
-    Ok(user.to_string())
 }
 
 fn one_batch<E: std::fmt::Display>(
@@ -361,9 +509,9 @@ fn stream_batches(
 impl FlightSqlService for VigieFlightSql {
     type FlightService = VigieFlightSql;
 
-    /// Basic credentials (base64 with or without padding: ADBC's Go driver omits it, pyarrow
-    /// keeps it) give a Bearer token, in the `authorization` header and the payload. In the open
-    /// single-tenant mode any well-formed credentials are accepted.
+    /// Logs in: Basic credentials (base64 with or without padding: ADBC's Go driver omits it,
+    /// pyarrow keeps it) or a Bearer API key give a session token, in the `authorization` header
+    /// and the payload, that expires. In the open single-tenant mode anyone gets one.
     async fn do_handshake(
         &self,
         request: Request<tonic::Streaming<HandshakeRequest>>,
@@ -379,15 +527,20 @@ impl FlightSqlService for VigieFlightSql {
                     .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))
             })
             .transpose()?;
-        let user = match header {
-            Some(h) => Some(basic_user(h)?),
-            None => None,
-        };
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        info!(
-            user = user.as_deref().unwrap_or("<none>"),
-            "Flight SQL handshake"
-        );
+        let header = header.map(str::to_string);
+        let auth = self.auth.clone();
+        // Password hashing is slow on purpose: keep it off the async workers.
+        let (who, token) = tokio::task::spawn_blocking(move || auth.login(header.as_deref()))
+            .await
+            .map_err(|e| Status::internal(format!("login task failed: {e}")))?
+            .map_err(|e| login_status(&e))?;
+        if !who.role.reads() {
+            return Err(Status::permission_denied(format!(
+                "{} is a {}: Flight SQL needs an analyst or admin",
+                who.name, who.role
+            )));
+        }
+        info!(principal = %who.name, tenant = %who.tenant, "Flight SQL login");
         let answer = HandshakeResponse {
             protocol_version: 0,
             payload: token.clone().into_bytes().into(),
@@ -408,16 +561,15 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         debug!(sql = %query.query, "GetFlightInfo statement");
-        self.statement_info(Handle::new(query.query), request.into_inner())
-            .await
+        self.statement_info(Handle::new(query.query), request).await
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(Handle::from_bytes(&ticket.statement_handle)?)
+        self.run(Handle::from_bytes(&ticket.statement_handle)?, &request)
             .await
     }
 
@@ -445,13 +597,17 @@ impl FlightSqlService for VigieFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let who = principal(&request)?;
+        let started = Instant::now();
         let statement = self
-            .sql
+            .session(&who)
+            .await?
             .statement(&query.query)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| status_of(&e))
+            .inspect_err(|status| self.audit_refusal(&who, &query.query, started, status))?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: Handle::prepared(query.query).to_bytes(),
             dataset_schema: schema_bytes(&statement.schema())?,
@@ -462,11 +618,12 @@ impl FlightSqlService for VigieFlightSql {
     async fn do_action_close_prepared_statement(
         &self,
         query: ActionClosePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<(), Status> {
         // Stateless handles: only parameters remembered for old clients to forget.
         if let Ok(handle) = Handle::from_bytes(&query.prepared_statement_handle) {
-            self.bindings.remove(&handle.binding_key());
+            self.bindings
+                .remove(&(principal(&request)?, handle.binding_key()));
         }
         Ok(())
     }
@@ -479,6 +636,8 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = Handle::from_bytes(&query.prepared_statement_handle)?;
+        let who = principal(&request)?;
+        let sql = self.session(&who).await?;
         let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(
             request
                 .into_inner()
@@ -493,9 +652,9 @@ impl FlightSqlService for VigieFlightSql {
         let handle = handle.with_parameters(&batches)?;
         // Bind now (logical plans only: execution makes the physical ones), so that a wrong
         // count or type fails here rather than at execution.
-        self.frames(&handle).await?;
+        self.frames(&sql, &handle).await?;
         self.bindings
-            .insert(handle.binding_key(), handle.parameters.clone());
+            .insert((who, handle.binding_key()), handle.parameters.clone());
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.to_bytes()),
         })
@@ -507,16 +666,19 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = Handle::from_bytes(&query.prepared_statement_handle)?;
-        self.statement_info(handle, request.into_inner()).await
+        self.statement_info(handle, request).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run(Handle::from_bytes(&query.prepared_statement_handle)?)
-            .await
+        self.run(
+            Handle::from_bytes(&query.prepared_statement_handle)?,
+            &request,
+        )
+        .await
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -768,10 +930,11 @@ impl FlightSqlService for VigieFlightSql {
     async fn do_get_catalogs(
         &self,
         query: CommandGetCatalogs,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for catalog in self.sql.context().catalog_names() {
+        let sql = self.session_of(&request).await?;
+        for catalog in sql.context().catalog_names() {
             builder.append(catalog);
         }
         let schema = builder.schema();
@@ -790,10 +953,11 @@ impl FlightSqlService for VigieFlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        let ctx = self.sql.context();
+        let sql = self.session_of(&request).await?;
+        let ctx = sql.context();
         for catalog_name in ctx.catalog_names() {
             if let Some(catalog) = ctx.catalog(&catalog_name) {
                 for schema_name in catalog.schema_names() {
@@ -817,10 +981,11 @@ impl FlightSqlService for VigieFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        let ctx = self.sql.context();
+        let sql = self.session_of(&request).await?;
+        let ctx = sql.context();
         for catalog_name in ctx.catalog_names() {
             let Some(catalog) = ctx.catalog(&catalog_name) else {
                 continue;
@@ -879,25 +1044,4 @@ impl FlightSqlService for VigieFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_with_and_without_padding() {
-        // "ana:pw" is "YW5hOnB3" (no padding needed); "bo:pw1" is "Ym86cHcx"; "al:p" needs "==".
-        assert_eq!(basic_user("Basic YW5hOnB3").unwrap(), "ana");
-        assert_eq!(basic_user("Basic YWw6cA==").unwrap(), "al");
-        assert_eq!(basic_user("Basic YWw6cA").unwrap(), "al");
-        assert_eq!(
-            basic_user("Bearer x").unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
-        assert_eq!(
-            basic_user("Basic !!!").unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
-    }
 }

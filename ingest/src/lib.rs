@@ -8,6 +8,7 @@
 //! ```
 //! Engine errors become `tonic::Status` in [`status_of`], the one place that decides codes.
 
+pub mod auth;
 pub mod webhook;
 
 use std::pin::Pin;
@@ -33,6 +34,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub fn status_of(error: &EngineError) -> Status {
     match error {
         EngineError::InvalidConfig(m) => Status::invalid_argument(m.clone()),
+        EngineError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+        EngineError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+        EngineError::NotFound(m) => Status::not_found(m.clone()),
         EngineError::Overloaded(_) => Status::resource_exhausted(error.to_string()),
         EngineError::Wal(_) => Status::unavailable(format!(
             "{error}; the reports of this request are not acknowledged, retry"
@@ -45,7 +49,7 @@ pub fn status_of(error: &EngineError) -> Status {
     }
 }
 
-/// Implements `vigie.v1.Ingest` over the engine's default tenant.
+/// Implements `vigie.v1.Ingest`: reports go to the caller's tenant.
 #[derive(Debug, Clone)]
 pub struct IngestService {
     engine: Arc<Engine>,
@@ -86,7 +90,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let tenant = self.engine.default_tenant();
+        let tenant = auth::tenant_of(&self.engine, &request)?;
         answer(&tenant, request.get_ref()).await.map(Response::new)
     }
 
@@ -99,9 +103,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
+        let tenant = auth::tenant_of(&self.engine, &request)?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
-        let tenant = self.engine.default_tenant();
         tokio::spawn(async move {
             let mut in_flight: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
             let mut input_done = false;
@@ -131,7 +135,7 @@ impl Ingest for IngestService {
     }
 }
 
-/// Implements `vigie.v1.Alerts` over the engine's default tenant.
+/// Implements `vigie.v1.Alerts`: subscribers get their own tenant's alerts.
 #[derive(Debug, Clone)]
 pub struct AlertsService {
     engine: Arc<Engine>,
@@ -161,7 +165,7 @@ impl Alerts for AlertsService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let tenant = self.engine.default_tenant();
+        let tenant = auth::tenant_of(&self.engine, &request)?;
         // Subscribe first: everything up to `after` is stored, everything later arrives live.
         let subscription = tenant.hub().subscribe(self.queue);
         let history = match request.get_ref().from_id {

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use vigie_engine::Engine;
+use vigie_engine::{Engine, Tenant};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::Alert;
 
@@ -22,14 +22,15 @@ use vigie_proto::v1::Alert;
 const QUEUE: usize = 65_536;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The JSON body of one alert.
-pub fn alert_json(alert: &Alert) -> serde_json::Value {
+/// The JSON body of one alert of `tenant`.
+pub fn alert_json(tenant: &str, alert: &Alert) -> serde_json::Value {
     let time = |t: &Option<Timestamp>| {
         t.as_ref()
             .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
     };
     json!({
+        "tenant": tenant,
         "id": alert.id,
         "rule": alert.rule,
         "drone_id": alert.drone_id,
@@ -43,14 +44,15 @@ pub fn alert_json(alert: &Alert) -> serde_json::Value {
     })
 }
 
-/// Starts the webhook task for the default tenant's alerts; it ends on `shutdown`.
+/// Starts the webhook task for `tenant`'s alerts (the JSON names the tenant); it ends on
+/// `shutdown`.
 pub fn start_webhook(
     engine: Arc<Engine>,
+    tenant: Arc<Tenant>,
     url: String,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     // Subscribe now, before the server takes any write: no alert of this run is missed.
-    let tenant = engine.default_tenant();
     let mut first = Some(tenant.hub().subscribe(QUEUE));
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
@@ -78,7 +80,9 @@ pub fn start_webhook(
                 {
                     Ok(missed) => {
                         for alert in missed {
-                            if !deliver(&client, &url, &alert, &shutdown).await {
+                            if !deliver(&client, &url, tenant.name().as_str(), &alert, &shutdown)
+                                .await
+                            {
                                 return;
                             }
                             last = Some(alert.id);
@@ -94,7 +98,8 @@ pub fn start_webhook(
                 };
                 match alert {
                     Some(alert) => {
-                        if !deliver(&client, &url, &alert, &shutdown).await {
+                        if !deliver(&client, &url, tenant.name().as_str(), &alert, &shutdown).await
+                        {
                             return;
                         }
                         last = Some(alert.id);
@@ -115,10 +120,11 @@ pub fn start_webhook(
 async fn deliver(
     client: &reqwest::Client,
     url: &str,
+    tenant: &str,
     alert: &Alert,
     shutdown: &CancellationToken,
 ) -> bool {
-    let body = alert_json(alert).to_string();
+    let body = alert_json(tenant, alert).to_string();
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = client

@@ -5,11 +5,16 @@
 //!            catalog vigie.public: reports, alerts (LiveTableProvider: Delta files ∪ buffer)
 //!                                  sightings (view: one row per citizen of a report)
 //!                                  alert_rules (the rules and their counts since start)
+//!                                  audit_log (admins only)
 //! ```
+//! The tenant's admins also see `audit_log`. [`Sessions`] hands each principal its tenant's session,
+//! admits queries under the per-tenant concurrency limit and records them in the audit log.
+//!
 //! Results use plain Arrow types (Utf8, not Utf8View or dictionaries) because Flight SQL clients such
 //! as the JDBC driver do not read the others: see [`plain_schema`].
 
 pub mod rules;
+pub mod sessions;
 pub mod statement;
 pub mod table;
 
@@ -20,11 +25,17 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use std::num::NonZeroUsize;
 use vigie_engine::Tenant;
+use vigie_engine::schema::TableKind;
 use vigie_engine::store::Lake;
 
+pub use crate::sessions::{QueryLimits, Sessions};
 pub use crate::statement::Statement;
 use crate::table::LiveTableProvider;
 
@@ -51,15 +62,32 @@ pub enum Error {
     /// Parameter values do not fit the statement's placeholders (count or type).
     #[error("{0}")]
     Parameters(String),
+    /// The tenant runs as many queries as it may: retry when one ends.
+    #[error("{0}")]
+    Busy(String),
+    /// The tenant's tables are not open on this server (yet).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The SQL layer's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// One tenant's SQL session.
+/// One tenant's SQL session, as one role sees it.
 #[derive(Clone)]
 pub struct SqlEngine {
     ctx: SessionContext,
+    /// Each query gets its own memory pool of this size (`None`: unbounded).
+    memory_limit: Option<usize>,
+}
+
+/// What a session shows and allows beyond the tenant's data tables.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionOptions {
+    /// Whether `audit_log` is in the catalog (the tenant's admins only).
+    pub audit_log: bool,
+    /// Memory one query may use before spilling or failing; `None`: unbounded.
+    pub memory_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for SqlEngine {
@@ -71,8 +99,17 @@ impl std::fmt::Debug for SqlEngine {
 }
 
 impl SqlEngine {
-    /// A session over `tenant`'s tables in `lake`.
+    /// An analyst's session over `tenant`'s tables in `lake`, without limits.
     pub async fn new(tenant: Arc<Tenant>, lake: &Lake) -> Result<Self> {
+        Self::with_options(tenant, lake, SessionOptions::default()).await
+    }
+
+    /// A session over `tenant`'s tables in `lake`, showing and allowing what `options` say.
+    pub async fn with_options(
+        tenant: Arc<Tenant>,
+        lake: &Lake,
+        view: SessionOptions,
+    ) -> Result<Self> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, SCHEMA)
             .with_information_schema(true);
@@ -85,6 +122,9 @@ impl SqlEngine {
         let store_url = ObjectStoreUrl::parse(lake.root_url().as_str())?;
         ctx.register_object_store(store_url.as_ref(), lake.root_store.clone());
         for (name, table) in tenant.tables() {
+            if table.kind() == TableKind::Audit && !view.audit_log {
+                continue;
+            }
             ctx.register_table(
                 name,
                 Arc::new(LiveTableProvider::new(table.clone(), store_url.clone())),
@@ -95,7 +135,28 @@ impl SqlEngine {
             Arc::new(rules::AlertRulesTable::new(tenant.clone())),
         )?;
         ctx.sql(SIGHTINGS_VIEW).await?;
-        Ok(Self { ctx })
+        Ok(Self {
+            ctx,
+            memory_limit: view.memory_limit,
+        })
+    }
+
+    /// The context to run one query's plans in: the session's, with a memory pool of its own when
+    /// the session has a memory limit (operators that can spill do; the others fail the query
+    /// with `ResourcesExhausted`, leaving other queries alone).
+    pub fn task_context(&self, frame: &DataFrame) -> Result<Arc<TaskContext>> {
+        let task = frame.task_ctx();
+        let Some(limit) = self.memory_limit else {
+            return Ok(Arc::new(task));
+        };
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(limit),
+            NonZeroUsize::new(3).expect("3 is not zero"),
+        );
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&task.runtime_env())
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()?;
+        Ok(Arc::new(task.with_runtime(runtime)))
     }
 
     /// The underlying DataFusion session.

@@ -101,7 +101,7 @@ async fn stored_files(lake: &Lake, table: &str) -> Vec<object_store::path::Path>
 }
 
 fn files_per_day(engine: &Engine, kind: TableKind) -> Vec<usize> {
-    let snapshot = engine.default_tenant().snapshot(kind);
+    let snapshot = engine.default_tenant().unwrap().snapshot(kind);
     let mut counts = std::collections::BTreeMap::<i32, usize>::new();
     for f in snapshot.files.iter() {
         *counts.entry(f.day).or_default() += 1;
@@ -112,18 +112,21 @@ fn files_per_day(engine: &Engine, kind: TableKind) -> Vec<usize> {
 #[tokio::test]
 async fn compaction_retention_and_vacuum() {
     let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
-    let engine = Engine::open(EngineArgs {
-        lake: lake.clone(),
-        flush_interval: Duration::from_secs(3600),
-        flush_rows: usize::MAX,
-        dedupe_window: Duration::from_secs(30 * 86_400),
-        wal: WalMode::Off,
-        max_buffer_bytes: 1 << 30,
-        alert_rules: Vec::new(),
-    })
+    let engine = Engine::open(
+        EngineArgs {
+            lake: lake.clone(),
+            flush_interval: Duration::from_secs(3600),
+            flush_rows: usize::MAX,
+            dedupe_window: Duration::from_secs(30 * 86_400),
+            wal: WalMode::Off,
+            max_buffer_bytes: 1 << 30,
+            alert_rules: Vec::new(),
+        },
+        Vec::new(),
+    )
     .await
     .unwrap();
-    let tenant = engine.default_tenant();
+    let tenant = engine.default_tenant().unwrap();
     for r in 0..4 {
         assert_eq!(tenant.write(&round(r)).await.unwrap().accepted, 9);
         engine.flush_all().await.unwrap();
@@ -199,7 +202,8 @@ async fn compaction_retention_and_vacuum() {
         retention: Some(Duration::from_secs(36 * 3600)),
         ..args
     };
-    for kind in TableKind::ALL {
+    // The audit log has no rows on those days.
+    for kind in [TableKind::Reports, TableKind::Alerts, TableKind::Hourly] {
         let report = maintain(&lake, tenant.table(kind), &retention)
             .await
             .unwrap();

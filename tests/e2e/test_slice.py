@@ -84,7 +84,7 @@ def test_flushes_while_querying_never_lose_or_double_rows(start_vigie, tmp_path)
     vigie = start_vigie("--flush-rows", "1000", "--flush-interval", "200ms")
     dump = tmp_path / "fleet.jsonl"
     simulate(vigie.addr, *FLEET, "--dump", str(dump))
-    n, k = vigie_rows(vigie.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports")[0]
+    n, k = vigie_rows(vigie.uri, "SELECT count(*), count(DISTINCT drone_id || ':' || seq) FROM reports")[0]
     assert n == k == 6000
     check_against_oracle(vigie.uri, dump)
 

@@ -1,0 +1,211 @@
+//! `vigie admin`: tenants, users and API keys, on the data dir (safe while a server runs: the
+//! server re-reads the credentials file within a second).
+//!
+//! ```text
+//! vigie admin create-… ─▶ AuthStore::update (locked, atomic) ─▶ <data-dir>/auth.json
+//!                      └▶ audit::append_committed ─▶ the tenant's audit_log (one Delta commit)
+//! ```
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use vigie_engine::audit::{AuditEvent, append_committed};
+use vigie_engine::auth::{AuthStore, Principal, Role};
+use vigie_engine::store::{Lake, TenantName};
+
+use crate::config::{Config, ServeArgs};
+
+/// Options of `vigie admin`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// TOML file of `vigie serve` (its data dir and object store are used).
+    #[arg(long, env = "VIGIE_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+    /// The server's data directory (holds `auth.json`) [default: ./vigie-data].
+    #[arg(long, env = "VIGIE_DATA_DIR", global = true)]
+    data_dir: Option<std::path::PathBuf>,
+    /// The server's lake, where each tenant's `audit_log` records admin actions
+    /// [default: file://<data-dir>/lake].
+    #[arg(long, env = "VIGIE_OBJECT_STORE", global = true)]
+    object_store: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AdminCommand {
+    /// Create a tenant (a police force): its own tables, WAL, retention and alert rules.
+    CreateTenant {
+        /// Lowercase letters, digits, `_` and `-`.
+        name: String,
+        /// Delete the tenant's whole days older than this (overrides the server's --retention).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
+        /// The tenant's alert rule `NAME=EXPR` (repeatable; replaces the server's rules).
+        #[arg(long = "alert-rule")]
+        alert_rules: Vec<String>,
+    },
+    /// Create a user who logs in with a password, read from the first line of stdin.
+    CreateUser {
+        /// The user's tenant.
+        #[arg(long)]
+        tenant: String,
+        /// `analyst` (SQL and alerts) or `admin` (also the audit log).
+        #[arg(long)]
+        role: String,
+        /// The user name, unique across tenants.
+        name: String,
+    },
+    /// Create an API key (sent as `authorization: Bearer <key>`); printed once, alone on the
+    /// last line.
+    CreateKey {
+        /// The key's tenant.
+        #[arg(long)]
+        tenant: String,
+        /// `drone` (may only send reports) or `analyst`.
+        #[arg(long)]
+        role: String,
+    },
+    /// Revoke an API key by its id (see `list`); servers refuse it within a second.
+    RevokeKey {
+        /// The key's id.
+        id: String,
+    },
+    /// List tenants, users and keys (never secrets).
+    List,
+}
+
+pub(crate) async fn run(args: AdminArgs) -> Result<()> {
+    let config = Config::resolve(ServeArgs {
+        config: args.config,
+        data_dir: args.data_dir,
+        object_store: args.object_store,
+        ..ServeArgs::default()
+    })?;
+    let store = AuthStore::new(&config.data_dir);
+    let admin = Principal {
+        tenant: TenantName::default_tenant(),
+        role: Role::Admin,
+        name: format!(
+            "admin-cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    let (tenant, action, detail) = match args.command {
+        AdminCommand::CreateTenant {
+            name,
+            retention,
+            alert_rules,
+        } => {
+            for rule in &alert_rules {
+                crate::config::parse_rule(rule)?;
+            }
+            let tenant = store.update(|f| f.create_tenant(&name, retention, alert_rules))?;
+            writeln!(out, "created tenant {tenant}")?;
+            (tenant, "create-tenant", format!("tenant {name}"))
+        }
+        AdminCommand::CreateUser { tenant, role, name } => {
+            let role: Role = role.parse()?;
+            let password = read_password()?;
+            store.update(|f| f.create_user(&tenant, &name, role, &password))?;
+            writeln!(out, "created {role} {name} in tenant {tenant}")?;
+            (
+                TenantName::new(&tenant)?,
+                "create-user",
+                format!("user {name} ({role})"),
+            )
+        }
+        AdminCommand::CreateKey { tenant, role } => {
+            let role: Role = role.parse()?;
+            let (id, key) = store.update(|f| f.create_key(&tenant, role))?;
+            writeln!(
+                out,
+                "created {role} key {id} in tenant {tenant}; it is shown only now:"
+            )?;
+            writeln!(out, "{key}")?;
+            (
+                TenantName::new(&tenant)?,
+                "create-key",
+                format!("key {id} ({role})"),
+            )
+        }
+        AdminCommand::RevokeKey { id } => {
+            let tenant = store.update(|f| f.revoke_key(&id))?;
+            writeln!(out, "revoked key {id} of tenant {tenant}")?;
+            (tenant, "revoke-key", format!("key {id}"))
+        }
+        AdminCommand::List => return list(&store, &mut out),
+    };
+    let lake = Lake::open(&config.object_store)
+        .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
+    let mut event = AuditEvent::now(&admin, action);
+    event.detail = Some(detail);
+    append_committed(&lake, &tenant, &[event])
+        .await
+        .with_context(|| {
+            format!("the change is made, but recording it in {tenant}'s audit_log failed")
+        })?;
+    Ok(())
+}
+
+/// The password: the first line of stdin (prompted for on a terminal).
+fn read_password() -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!(
+            "password (at least {} characters): ",
+            vigie_engine::auth::MIN_PASSWORD_CHARS
+        );
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn list(store: &AuthStore, out: &mut impl Write) -> Result<()> {
+    let file = store.load()?;
+    writeln!(out, "tenants:")?;
+    for (name, t) in &file.tenants {
+        let retention = t.retention.map_or("server default".to_string(), |r| {
+            humantime::format_duration(r).to_string()
+        });
+        writeln!(
+            out,
+            "  {name}  created={}  retention={retention}  rules={}",
+            t.created_at,
+            if t.alert_rules.is_empty() {
+                "server default".to_string()
+            } else {
+                t.alert_rules.join("; ")
+            }
+        )?;
+    }
+    writeln!(out, "users:")?;
+    for u in &file.users {
+        writeln!(
+            out,
+            "  {}  tenant={}  role={}  created={}",
+            u.name, u.tenant, u.role, u.created_at
+        )?;
+    }
+    writeln!(out, "keys:")?;
+    for k in &file.keys {
+        writeln!(
+            out,
+            "  {}  tenant={}  role={}  created={}  {}",
+            k.id,
+            k.tenant,
+            k.role,
+            k.created_at,
+            k.revoked_at
+                .as_ref()
+                .map_or("active".to_string(), |r| format!("revoked={r}"))
+        )?;
+    }
+    Ok(())
+}
