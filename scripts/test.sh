@@ -31,6 +31,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, integration, sqllogictest)"
 cargo test --workspace --locked
 
+step "fuzz the ingest decode + validation path (bounded: 5000 cases per property, ~15 s)"
+PROPTEST_CASES="${PROPTEST_CASES:-5000}" cargo test --workspace --locked --test fuzz_ingest
+
 step "end-to-end tests (pytest)"
 VIGIE_BIN="$CARGO_TARGET_DIR/debug/vigie" .venv/bin/pytest -q -W "ignore:Cannot disable autocommit" tests/e2e
 
