@@ -132,3 +132,116 @@ impl Sessions {
         tenant.audit(&event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::error::DataFusionError;
+    use futures::TryStreamExt;
+    use vigie_engine::store::Lake;
+    use vigie_engine::{EngineArgs, TenantSettings, WalMode};
+
+    use super::*;
+
+    async fn sessions(limits: QueryLimits) -> Sessions {
+        let lake = Lake::open(&url::Url::parse("memory:///lake").unwrap()).unwrap();
+        let tenants = ["north", "south"]
+            .map(|t| TenantSettings::named(TenantName::new(t).unwrap()))
+            .to_vec();
+        let engine = Engine::open(
+            EngineArgs {
+                lake,
+                flush_interval: Duration::from_secs(3600),
+                flush_rows: 1_000_000,
+                dedupe_window: Duration::from_secs(86_400),
+                wal: WalMode::Off,
+                max_buffer_bytes: 1 << 30,
+                alert_rules: Vec::new(),
+            },
+            tenants,
+        )
+        .await
+        .unwrap();
+        Sessions::new(Arc::new(engine), limits)
+    }
+
+    fn principal(tenant: &str, role: Role) -> Principal {
+        Principal {
+            tenant: TenantName::new(tenant).unwrap(),
+            role,
+            name: "user:test".into(),
+        }
+    }
+
+    async fn tables(sessions: &Sessions, who: &Principal) -> Vec<String> {
+        let session = sessions.session(who).await.unwrap();
+        let mut names = session
+            .context()
+            .catalog("vigie")
+            .unwrap()
+            .schema("public")
+            .unwrap()
+            .table_names();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn views_admission_and_memory_limit() {
+        let limits = QueryLimits {
+            memory_bytes: 8 << 20,
+            timeout: Duration::from_secs(60),
+            concurrent_per_tenant: 2,
+        };
+        let sessions = sessions(limits).await;
+        let analyst = principal("north", Role::Analyst);
+        assert!(
+            !tables(&sessions, &analyst)
+                .await
+                .contains(&"audit_log".into())
+        );
+        assert!(
+            tables(&sessions, &principal("north", Role::Admin))
+                .await
+                .contains(&"audit_log".into())
+        );
+        assert!(matches!(
+            sessions.session(&principal("west", Role::Analyst)).await,
+            Err(Error::Unavailable(_))
+        ));
+
+        let north = TenantName::new("north").unwrap();
+        let first = sessions.admit(&north).unwrap();
+        let _second = sessions.admit(&north).unwrap();
+        assert!(matches!(sessions.admit(&north), Err(Error::Busy(m)) if m.contains("2 queries")));
+        // Another tenant has its own limit.
+        let _south = sessions.admit(&TenantName::new("south").unwrap()).unwrap();
+        drop(first);
+        let _third = sessions.admit(&north).unwrap();
+
+        // Over the per-query pool: a clean ResourcesExhausted; the session still answers.
+        let session = sessions.session(&analyst).await.unwrap();
+        let run = |sql: &'static str| {
+            let session = session.clone();
+            async move {
+                let frame = session.plan(sql).await?;
+                let task = session.task_context(&frame)?;
+                let plan = frame.create_physical_plan().await?;
+                let batches: Vec<_> = datafusion::physical_plan::execute_stream(plan, task)?
+                    .try_collect()
+                    .await?;
+                Ok::<_, Error>(batches)
+            }
+        };
+        let err = run("SELECT array_agg(value) FROM generate_series(1, 5000000)")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::DataFusion(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))),
+            "{err}"
+        );
+        let ok = run("SELECT count(*) FROM generate_series(1, 5000000)")
+            .await
+            .unwrap();
+        assert_eq!(ok[0].num_rows(), 1);
+    }
+}
