@@ -7,6 +7,7 @@ gRPC code; bounded SQL; audit rows name the principal.
 
 import base64
 import importlib
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 from flightsql import flightsql_pb2
 from google.protobuf import any_pb2
 
-from conftest import ROOT, simulate, vigie_bin
+from conftest import ROOT, simulate, vigie_bin, vigie_query
 
 PASSWORDS = {"ana": "north analyst pw", "boss": "north admin pass", "sam": "south analyst pw"}
 
@@ -132,6 +133,15 @@ def test_each_tenant_sees_only_its_rows_and_names(world):
         assert rows(south, "SELECT count(*) FROM alerts WHERE drone_id < 'drone-00050'") == [(0,)]
     with connect(vigie, header=f"Bearer {keys['north_reader'][1]}") as by_key:
         assert rows(by_key, "SELECT count(*) FROM reports") == [(60,)]
+    # The terminal client, with a key and with a user.
+    out = vigie_query("--endpoint", vigie.uri, "--token", keys["north_reader"][1],
+                      "SELECT count(*) AS n FROM reports").stdout
+    assert "| 60 |" in out.replace(" ", "").replace("|60|", "| 60 |")
+    env_out = subprocess.run(
+        [vigie_bin(), "query", "--endpoint", vigie.uri, "--user", "sam",
+         "SELECT count(*) AS n FROM reports"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "VIGIE_PASSWORD": PASSWORDS["sam"]}, check=True).stdout
+    assert "| 60 |" in env_out.replace(" ", "").replace("|60|", "| 60 |")
 
 
 def test_alert_subscriptions_carry_only_the_tenants_alerts(world, pb):
