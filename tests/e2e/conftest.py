@@ -1,8 +1,10 @@
 """Fixtures: the real `vigie` binary on port 0 in a temp dir, and its simulator."""
 
+import importlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,17 @@ def oracle_rows(dump, sql: str, parameters=None):
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"CREATE VIEW dump AS SELECT * FROM read_json('{dump}', columns = {DUMP_COLUMNS})")
     return [tuple(r) for r in con.execute(sql, parameters).fetchall()]
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory):
+    """Python stubs of the vigie.v1 contract, generated at test time."""
+    out = tmp_path_factory.mktemp("stubs")
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
+         f"--python_out={out}", f"--grpc_python_out={out}", "vigie/v1/vigie.proto"],
+        check=True,
+    )
+    sys.path.insert(0, str(out))
+    return (importlib.import_module("vigie.v1.vigie_pb2"),
+            importlib.import_module("vigie.v1.vigie_pb2_grpc"))

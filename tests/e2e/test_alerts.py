@@ -2,9 +2,6 @@
 streams a fleet are exactly those DuckDB computes from the same reports (one per sighting under
 20), with dense ids in order; a second run of the same fleet (all duplicates) raises none."""
 
-import importlib
-import subprocess
-import sys
 import threading
 import time
 
@@ -12,25 +9,12 @@ import duckdb
 import grpc
 import pytest
 
-from conftest import ROOT, simulate
+from conftest import simulate
 from conftest import DUMP_COLUMNS
 
 FLEET = ["--drones", "30", "--reports-per-drone", "200", "--seed", "11",
          "--start", "2026-06-01T22:00:00Z", "--batch", "100"]
 
-
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    """Python stubs generated from the contract at test time."""
-    out = tmp_path_factory.mktemp("stubs")
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
-         f"--python_out={out}", f"--grpc_python_out={out}", "vigie/v1/vigie.proto"],
-        check=True,
-    )
-    sys.path.insert(0, str(out))
-    return (importlib.import_module("vigie.v1.vigie_pb2"),
-            importlib.import_module("vigie.v1.vigie_pb2_grpc"))
 
 
 def expected_alerts(dump):

@@ -6,10 +6,8 @@ gRPC code; bounded SQL; audit rows name the principal.
 """
 
 import base64
-import importlib
 import os
 import subprocess
-import sys
 import time
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -20,7 +18,7 @@ import pytest
 from flightsql import flightsql_pb2
 from google.protobuf import any_pb2
 
-from conftest import ROOT, simulate, vigie_bin, vigie_query
+from conftest import simulate, vigie_bin, vigie_query
 
 PASSWORDS = {"ana": "north analyst pw", "boss": "north admin pass", "sam": "south analyst pw"}
 
@@ -37,18 +35,6 @@ def new_key(data_dir, tenant, role) -> tuple[str, str]:
     lines = admin(data_dir, "create-key", "--tenant", tenant, "--role", role).strip().splitlines()
     return lines[-2].split(" key ")[1].split()[0], lines[-1]
 
-
-@pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stubs")
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
-         f"--python_out={out}", f"--grpc_python_out={out}", "vigie/v1/vigie.proto"],
-        check=True,
-    )
-    sys.path.insert(0, str(out))
-    return (importlib.import_module("vigie.v1.vigie_pb2"),
-            importlib.import_module("vigie.v1.vigie_pb2_grpc"))
 
 
 @pytest.fixture(scope="module")
