@@ -95,14 +95,20 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
     let stop_serving = CancellationToken::new();
     let stop_flushing = CancellationToken::new();
-    let flusher = engine.start_flusher(stop_flushing.clone());
-    let maintenance = (!config.compact_interval.is_zero()).then(|| {
-        engine.start_maintenance(
-            config.compact_interval,
-            config.maintenance(),
-            stop_serving.clone(),
-        )
-    });
+    // Flushes and maintenance encode Parquet: on their own low-priority threads.
+    let background = Background::start()?;
+    let (flusher, maintenance) = {
+        let _on_background = background.enter();
+        let flusher = engine.start_flusher(stop_flushing.clone());
+        let maintenance = (!config.compact_interval.is_zero()).then(|| {
+            engine.start_maintenance(
+                config.compact_interval,
+                config.maintenance(),
+                stop_serving.clone(),
+            )
+        });
+        (flusher, maintenance)
+    };
     let webhooks = config.alert_webhook.clone().map(|url| {
         engine
             .tenants()
@@ -295,6 +301,50 @@ fn start_reload(args: ReloadArgs) -> JoinHandle<Vec<JoinHandle<()>>> {
 
 /// How often the credentials file is checked for changes.
 const RELOAD_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The runtime of background work (flushes, maintenance). Its threads run at a lower CPU priority
+/// (nice +10), so that encoding Parquet and compacting yield the cores to ingest and alert delivery
+/// when both want them, rather than adding their time slices to alert latency.
+struct Background(Option<tokio::runtime::Runtime>);
+
+/// How much lower background threads' priority is (Linux nice increment).
+const BACKGROUND_NICE: i32 = 10;
+
+impl Background {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("vigie-background")
+            .enable_all()
+            .on_thread_start(lower_thread_priority)
+            .build()
+            .context("cannot start the background runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    /// Spawns made while the guard lives go to the background runtime.
+    fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.0.as_ref().expect("present until dropped").enter()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids: let its threads go.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with `who = 0`
+    // names the calling thread (nice values are per thread).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
+    }
+}
 
 /// The TLS identity of the gRPC port, from PEM files.
 fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig> {
