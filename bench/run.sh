@@ -38,11 +38,14 @@ if [ "$what" = ingest ] || [ "$what" = all ]; then
 fi
 
 if [ "$what" = alerts ] || [ "$what" = all ]; then
+  # 30 s per run so that flushes (every 10 s) fall inside the window; WAL off then fsync.
   for rate in 10000 100000; do
-    addr=$(serve "$tmp/alerts-$rate")
-    echo "alerts at ${rate} reports/s (batches of 100, WAL fsync):"
-    "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone $((rate * 10 / 2000)) \
-      --seed 2 --start 2026-01-01T00:00:00Z --rate "$rate" --batch 100 --streams 2 --measure-alerts
-    stop "$tmp/alerts-$rate"
+    for wal in off fsync; do
+      addr=$(serve "$tmp/alerts-$rate-$wal" --wal "$wal" --compact-interval 0s)
+      echo "alerts at ${rate} reports/s (batches of 100, WAL $wal, 30 s):"
+      "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone $((rate * 30 / 2000)) \
+        --seed 2 --start 2026-01-01T00:00:00Z --rate "$rate" --batch 100 --streams 2 --measure-alerts
+      stop "$tmp/alerts-$rate-$wal"
+    done
   done
 fi

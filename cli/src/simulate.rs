@@ -207,6 +207,95 @@ struct Totals {
     latencies_us: Vec<u64>,
 }
 
+/// The `--measure-alerts` subscriber: its own thread, runtime and connection, like a dispatcher on
+/// another machine, so that the fleet's encoding work does not delay the moment an alert is seen.
+struct AlertWatch {
+    thread: std::thread::JoinHandle<()>,
+    stop: tokio_util::sync::CancellationToken,
+    /// Microseconds from `raised_at` to reception, per alert.
+    latencies: Arc<Mutex<Vec<u64>>>,
+}
+
+impl AlertWatch {
+    /// Subscribes (returns once the subscription is open) and records every alert's latency.
+    async fn start(endpoint: String, auth: BearerAuth) -> Result<Self> {
+        let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let sink = latencies.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let (ready, subscribed) = tokio::sync::oneshot::channel::<Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("alert-watch".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(e.into()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let opened = async {
+                        let channel = tonic::transport::Endpoint::from_shared(endpoint)?
+                            .connect()
+                            .await?;
+                        let stream = AlertsClient::with_interceptor(channel, auth)
+                            .subscribe(SubscribeRequest { from_id: None })
+                            .await
+                            .context("Alerts.Subscribe refused")?
+                            .into_inner();
+                        anyhow::Ok(stream)
+                    };
+                    let mut stream = match opened.await {
+                        Ok(s) => {
+                            let _ = ready.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        let message = tokio::select! {
+                            () = stopped.cancelled() => break,
+                            m = stream.message() => m,
+                        };
+                        let Ok(Some(alert)) = message else { break };
+                        let now = Utc::now().timestamp_micros();
+                        if let Some(t) = alert.raised_at {
+                            let raised = t.seconds * 1_000_000 + i64::from(t.nanos / 1_000);
+                            sink.lock()
+                                .expect("not poisoned")
+                                .push(u64::try_from(now - raised).unwrap_or(0));
+                        }
+                    }
+                });
+            })
+            .context("cannot start the alert subscriber thread")?;
+        subscribed
+            .await
+            .context("the alert subscriber thread ended")??;
+        Ok(Self {
+            thread,
+            stop,
+            latencies,
+        })
+    }
+
+    /// Stops listening; the latencies, sorted.
+    fn stop(self) -> Vec<u64> {
+        self.stop.cancel();
+        let _ = self.thread.join();
+        let mut l = std::mem::take(&mut *self.latencies.lock().expect("not poisoned"));
+        l.sort_unstable();
+        l
+    }
+}
+
 /// Adds `authorization: Bearer <key>` to every call when a key is given.
 #[derive(Debug, Clone)]
 struct BearerAuth(Option<tonic::metadata::AsciiMetadataValue>);
@@ -285,25 +374,7 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
 
     let auth = BearerAuth::new(args.api_key.as_deref())?;
     let alert_watch = if args.measure_alerts {
-        let mut stream = AlertsClient::with_interceptor(channel.clone(), auth.clone())
-            .subscribe(SubscribeRequest { from_id: None })
-            .await
-            .context("Alerts.Subscribe refused")?
-            .into_inner();
-        let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
-        let sink = latencies.clone();
-        let task = tokio::spawn(async move {
-            while let Ok(Some(alert)) = stream.message().await {
-                let now = Utc::now().timestamp_micros();
-                if let Some(t) = alert.raised_at {
-                    let raised = t.seconds * 1_000_000 + i64::from(t.nanos / 1_000);
-                    sink.lock()
-                        .expect("not poisoned")
-                        .push(u64::try_from(now - raised).unwrap_or(0));
-                }
-            }
-        });
-        Some((task, latencies))
+        Some(AlertWatch::start(endpoint.clone(), auth.clone()).await?)
     } else {
         None
     };
@@ -395,12 +466,10 @@ pub(crate) async fn run(args: SimulateArgs) -> Result<()> {
         pct(0.5),
         pct(0.99),
     );
-    if let Some((task, latencies)) = alert_watch {
+    if let Some(watch) = alert_watch {
         // Let the last alerts arrive, then stop listening.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        task.abort();
-        let mut l = std::mem::take(&mut *latencies.lock().expect("not poisoned"));
-        l.sort_unstable();
+        let l = watch.stop();
         let pct = |p: f64| {
             if l.is_empty() {
                 0.0
