@@ -98,8 +98,14 @@ impl Principal {
         Self {
             tenant: TenantName::default_tenant(),
             role: Role::Admin,
-            name: "anonymous".into(),
+            name: ANONYMOUS.into(),
         }
+    }
+
+    /// Whether this is the open mode's caller, who may also send reports. No user or key has
+    /// this name (theirs start with `user:` or `key:`).
+    pub fn is_anonymous(&self) -> bool {
+        self.name == ANONYMOUS
     }
 }
 
@@ -162,6 +168,9 @@ pub struct AuthFile {
     #[serde(default)]
     pub keys: Vec<KeyRecord>,
 }
+
+/// The open mode's principal name.
+const ANONYMOUS: &str = "anonymous";
 
 /// API keys start with this, so a bearer value is known to be a key rather than a session token.
 const KEY_PREFIX: &str = "vigie_";

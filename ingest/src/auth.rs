@@ -45,7 +45,7 @@ fn needs(path: &str) -> Needs {
 fn check(needs: Needs, principal: &Principal) -> Result<(), EngineError> {
     let allowed = match needs {
         Needs::Nothing => true,
-        Needs::Drone => principal.role == Role::Drone || principal.name == "anonymous",
+        Needs::Drone => principal.role == Role::Drone || principal.is_anonymous(),
         Needs::Reader => principal.role.reads(),
     };
     if allowed {
