@@ -119,7 +119,8 @@ impl LiveTableProvider {
     /// A provider reading `table`; its files are read through the store registered at `store_url`.
     pub fn new(table: Arc<LiveTable>, store_url: ObjectStoreUrl) -> Self {
         Self {
-            schema: table.kind().schema(),
+            // Strings as views inside queries: see `view_type`.
+            schema: crate::view_schema(&table.kind().schema()),
             table,
             store_url,
         }
@@ -219,8 +220,18 @@ impl TableProvider for LiveTableProvider {
         }
 
         if !snapshot.buffered.is_empty() {
+            // The buffer holds plain strings; views share their bytes (no copy of the data).
+            let buffered = snapshot
+                .buffered
+                .iter()
+                .map(|b| crate::to_plain(b, &self.schema))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| match e {
+                    crate::Error::DataFusion(e) => e,
+                    other => datafusion::error::DataFusionError::External(Box::new(other)),
+                })?;
             inputs.push(MemorySourceConfig::try_new_exec(
-                &[snapshot.buffered],
+                &[buffered],
                 self.schema.clone(),
                 projection.cloned(),
             )?);
