@@ -25,6 +25,7 @@ use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -166,7 +167,15 @@ impl TableProvider for LiveTableProvider {
                 ))])
                 .build();
             let options = state.table_options().parquet.clone();
-            let mut source = ParquetSource::new(table_schema).with_table_parquet_options(options);
+            // Footers and page indexes are cached across queries (Delta files never change).
+            let runtime = state.runtime_env();
+            let readers = CachedParquetFileReaderFactory::new(
+                runtime.object_store(&self.store_url)?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
+            let mut source = ParquetSource::new(table_schema)
+                .with_parquet_file_reader_factory(Arc::new(readers))
+                .with_table_parquet_options(options);
             let mut files: Vec<&DataFile> = snapshot.files.iter().collect();
             if let Some(predicate) = conjunction(filters.iter().cloned()) {
                 let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
@@ -209,8 +218,17 @@ impl TableProvider for LiveTableProvider {
                 .filter(|g| !g.is_empty())
                 .map(FileGroup::new)
                 .collect();
+            // The scan's own statistics (DataFusion does not add up the files'): the join
+            // planner compares sides by them, and builds its hash table on the smaller one.
+            let mut total = Statistics::new_unknown(&self.schema);
+            let rows: Option<usize> = files.iter().map(|f| f.num_rows).sum();
+            if let Some(rows) = rows {
+                total.num_rows = Precision::Exact(rows);
+            }
+            total.total_byte_size = Precision::Inexact(files.iter().map(|f| f.size as usize).sum());
             if !groups.is_empty() {
                 let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+                    .with_statistics(total)
                     .with_file_groups(groups)
                     .with_projection_indices(projection.cloned())?
                     .with_limit(limit)
