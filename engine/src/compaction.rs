@@ -22,16 +22,13 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::optimize::OptimizeType;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
-use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::{DeltaTable, FilterOp, FilterValue};
 use tracing::info;
 
 use crate::Result;
 use crate::schema::{DAY_COLUMN, TableKind};
 use crate::store::{Lake, TablePath, TenantName, table_path};
-use crate::table::{DataFile, LiveTable, list_files};
+use crate::table::{DataFile, LiveTable, list_files, writer_properties};
 
 /// What a maintenance run does.
 #[derive(Debug, Clone)]
@@ -60,29 +57,6 @@ pub struct MaintenanceReport {
     pub files_added: u64,
     /// Files deleted from storage by vacuum.
     pub files_vacuumed: usize,
-}
-
-/// The Parquet settings of compacted files: those of every file plus a bloom filter on the
-/// citizen's name (the "where was this person seen" question).
-pub fn compacted_writer_properties(kind: TableKind) -> WriterProperties {
-    let citizen = match kind {
-        TableKind::Reports => Some(ColumnPath::from(vec![
-            "citizens".to_string(),
-            "list".to_string(),
-            "element".to_string(),
-            "name".to_string(),
-        ])),
-        TableKind::Alerts => Some(ColumnPath::from("citizen")),
-        TableKind::Hourly | TableKind::Audit => None,
-    };
-    let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_dictionary_enabled(true);
-    if let Some(citizen) = citizen {
-        builder = builder.set_column_bloom_filter_enabled(citizen, true);
-    }
-    builder.build()
 }
 
 fn date_of(day: i32) -> NaiveDate {
@@ -176,7 +150,7 @@ pub async fn maintain(
                     .with_target_size(
                         NonZeroU64::new(args.target_file_bytes.max(1)).expect("at least 1"),
                     )
-                    .with_writer_properties(compacted_writer_properties(kind))
+                    .with_writer_properties(writer_properties(kind))
                     .with_commit_properties(CommitProperties::default())
                     .await?;
                 (
@@ -258,7 +232,7 @@ async fn reaggregate_day(
         .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
         .with_replace_where(format!("{DAY_COLUMN} = '{day}'"))
         .with_partition_columns([DAY_COLUMN])
-        .with_writer_properties(compacted_writer_properties(TableKind::Hourly))
+        .with_writer_properties(writer_properties(TableKind::Hourly))
         .await?;
     let added = list_files(lake, path, &table)?
         .iter()

@@ -27,6 +27,7 @@ use object_store::path::Path;
 use parking_lot::RwLock;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tracing::{debug, info};
 
 use crate::schema::{DAY_COLUMN, TableKind};
@@ -247,7 +248,7 @@ impl LiveTable {
             .write(batches.clone())
             .with_save_mode(SaveMode::Append)
             .with_partition_columns([DAY_COLUMN])
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(self.kind))
             .with_commit_properties(commit)
             .await?;
         let path = table_path(&self.tenant, self.kind);
@@ -311,12 +312,30 @@ impl LiveTable {
     }
 }
 
-/// Parquet settings of every file Vigie writes: zstd, page-level statistics.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// The Parquet settings of every file Vigie writes (flush and compaction alike): zstd, page statistics (page index), dictionaries, and a bloom filter on the citizen's name
+/// (the "where was this person seen" question), so that a day left as one flushed file prunes as
+/// well as a compacted one.
+pub fn writer_properties(kind: TableKind) -> WriterProperties {
+    let citizen = match kind {
+        TableKind::Reports => Some(ColumnPath::from(vec![
+            "citizens".to_string(),
+            "list".to_string(),
+            "element".to_string(),
+            "name".to_string(),
+        ])),
+        TableKind::Alerts => Some(ColumnPath::from("citizen")),
+        TableKind::Hourly | TableKind::Audit => None,
+    };
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .build()
+        .set_dictionary_enabled(true);
+    if let Some(citizen) = citizen {
+        // Parquet folds each filter down to the distinct values it saw: a small flush gets a
+        // small filter.
+        builder = builder.set_column_bloom_filter_enabled(citizen, true);
+    }
+    builder.build()
 }
 
 async fn open_or_create_delta(
