@@ -277,3 +277,28 @@ def test_open_mode_refuses_non_loopback_addresses(tmp_path):
                           "--grpc-addr", "0.0.0.0:0"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "refusing to listen on 0.0.0.0:0 without authentication" in out.stderr
+
+
+def test_a_tenant_runs_at_most_the_concurrent_limit(start_vigie):
+    import threading
+
+    vigie = start_vigie("--max-concurrent-queries", "1", "--query-timeout", "4s")
+    outcome = {}
+
+    def slow():
+        with connect(vigie) as conn:
+            try:
+                rows(conn, "SELECT count(*) FROM generate_series(1, 100000000000)")
+            except adbc_driver_manager.Error as e:
+                outcome["slow"] = str(e)
+
+    runner = threading.Thread(target=slow)
+    runner.start()
+    time.sleep(1.0)
+    with connect(vigie) as conn:
+        with pytest.raises(adbc_driver_manager.Error) as busy:
+            rows(conn, "SELECT 1")
+        assert "already running" in str(busy.value)
+        runner.join(timeout=30)
+        assert "longer than the limit" in outcome["slow"]
+        assert rows(conn, "SELECT 1") == [(1,)]  # the permit came back
