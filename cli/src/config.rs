@@ -107,6 +107,10 @@ pub(crate) struct ServeArgs {
     /// [default: 8].
     #[arg(long, env = "VIGIE_MAX_CONCURRENT_QUERIES")]
     pub(crate) max_concurrent_queries: Option<usize>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (port 0 picks a free port; the address
+    /// is printed on stdout after the gRPC one) [default: off].
+    #[arg(long, env = "VIGIE_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 /// The `--wal` setting.
@@ -159,6 +163,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     query_timeout: Option<Duration>,
     max_concurrent_queries: Option<usize>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The PEM files of the gRPC port's TLS identity.
@@ -209,6 +214,8 @@ pub(crate) struct Config {
     pub(crate) retention: Option<Duration>,
     pub(crate) token_ttl: Duration,
     pub(crate) query_limits: vigie_sql::QueryLimits,
+    /// `None`: no metrics endpoint.
+    pub(crate) metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -324,6 +331,7 @@ impl Config {
                     .or(file.max_concurrent_queries)
                     .unwrap_or(8),
             },
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
             data_dir,
         };
         if let Some(hook) = &config.alert_webhook {

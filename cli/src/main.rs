@@ -10,6 +10,7 @@
 
 mod admin;
 mod config;
+mod metrics;
 mod query;
 mod serve;
 mod simulate;

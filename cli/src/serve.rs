@@ -28,6 +28,11 @@ use crate::config::{Config, TlsFiles};
 
 pub(crate) async fn run(config: Config) -> Result<()> {
     info!(?config, "starting");
+    // Before anything records: the engine's counters are registered as tenants open.
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some((crate::metrics::install()?, addr)),
+        None => None,
+    };
     let auth = Arc::new(
         Authenticator::open(AuthStore::new(&config.data_dir), config.token_ttl)
             .context("cannot read the credentials file")?,
@@ -90,11 +95,27 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // The one line scripts and tests wait for.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {scheme}://{addr}")?;
+    let metrics_listener = match &metrics {
+        Some((handle, addr)) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            writeln!(
+                stdout,
+                "metrics on http://{}/metrics",
+                listener.local_addr()?
+            )?;
+            Some((listener, handle.clone()))
+        }
+        None => None,
+    };
     stdout.flush()?;
     info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), "listening");
 
     let stop_serving = CancellationToken::new();
     let stop_flushing = CancellationToken::new();
+    let metrics_server = metrics_listener
+        .map(|(listener, handle)| crate::metrics::serve(listener, handle, stop_serving.clone()));
     // Flushes and maintenance encode Parquet: on their own low-priority threads.
     let background = Background::start()?;
     let (flusher, maintenance) = {
@@ -174,6 +195,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         }
     }
     stop_serving.cancel();
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     for webhook in webhooks.into_iter().flatten() {
         let _ = webhook.await;
     }

@@ -152,6 +152,30 @@ pub struct Tenant {
     flush_now: Arc<Notify>,
     gauge: Arc<AtomicUsize>,
     max_buffer_bytes: usize,
+    counters: TenantCounters,
+}
+
+/// The tenant's Prometheus counters (no-ops when the binary installs no recorder).
+#[derive(Debug)]
+struct TenantCounters {
+    accepted: metrics::Counter,
+    duplicates: metrics::Counter,
+    rejected: metrics::Counter,
+    refused: metrics::Counter,
+    alerts: metrics::Counter,
+}
+
+impl TenantCounters {
+    fn new(tenant: &TenantName) -> Self {
+        let reports = |outcome: &'static str| metrics::counter!("vigie_reports_total", "tenant" => tenant.to_string(), "outcome" => outcome);
+        Self {
+            accepted: reports("accepted"),
+            duplicates: reports("duplicate"),
+            rejected: reports("rejected"),
+            refused: reports("refused_overloaded"),
+            alerts: metrics::counter!("vigie_alerts_total", "tenant" => tenant.to_string()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -269,6 +293,9 @@ impl Tenant {
     pub fn write_buffered(&self, request: &WriteRequest) -> Result<PendingWrite<'_>> {
         let buffered = self.gauge.load(Ordering::Relaxed);
         if buffered >= self.max_buffer_bytes {
+            self.counters
+                .refused
+                .increment(request.reports.len() as u64);
             return Err(Error::Overloaded(format!(
                 "{buffered} bytes are waiting to be written to the object store (limit {}); \
                  the store is slow or unreachable: retry later",
@@ -317,6 +344,7 @@ impl Tenant {
                 position = self.wal.append(received_at, &payload)?;
                 self.reports.push(batch, position);
                 if alerts.num_rows() > 0 {
+                    self.counters.alerts.increment(alerts.num_rows() as u64);
                     state.next_alert_id += alerts.num_rows() as i64;
                     self.hub.enqueue(position, alerts_to_proto(&alerts));
                     self.alerts.push(alerts, position);
@@ -328,6 +356,9 @@ impl Tenant {
         if self.reports.buffered().0 >= self.flush_rows {
             self.flush_now.notify_one();
         }
+        self.counters.accepted.increment(accepted.into());
+        self.counters.duplicates.increment(duplicates.into());
+        self.counters.rejected.increment(rejected.len() as u64);
         Ok(PendingWrite {
             tenant: self,
             position,
@@ -634,6 +665,7 @@ impl Engine {
             flush_now: self.flush_now.clone(),
             gauge: self.gauge.clone(),
             max_buffer_bytes: args.max_buffer_bytes,
+            counters: TenantCounters::new(&name),
             retention: settings.retention,
         };
         tenant
@@ -680,6 +712,17 @@ impl Engine {
     /// Flushes every table of every tenant once; returns the rows written. Stops at the first error
     /// (the unflushed rows stay buffered).
     pub async fn flush_all(&self) -> Result<usize> {
+        let started = std::time::Instant::now();
+        let rows = self.flush_tenants().await;
+        metrics::histogram!("vigie_flush_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("vigie_buffered_bytes").set(self.gauge.load(Ordering::Relaxed) as f64);
+        if rows.is_err() {
+            metrics::counter!("vigie_flush_failures_total").increment(1);
+        }
+        rows
+    }
+
+    async fn flush_tenants(&self) -> Result<usize> {
         let mut rows = 0;
         for tenant in self.tenants() {
             let mut committed = false;
@@ -688,6 +731,12 @@ impl Engine {
                 let table = tenant.table(kind);
                 let outcome = table.flush(&self.args.lake, &tenant.wal_app_id).await?;
                 rows += outcome.rows;
+                metrics::counter!(
+                    "vigie_flushed_rows_total",
+                    "tenant" => tenant.name.to_string(),
+                    "table" => kind.name()
+                )
+                .increment(outcome.rows as u64);
                 committed |= outcome.wal_position.is_some();
                 if kind == TableKind::Reports && outcome.rows > 0 {
                     tenant.hourly.push(

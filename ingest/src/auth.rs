@@ -152,6 +152,8 @@ where
                 Err(e) => {
                     debug!(path = request.uri().path(), error = %e, "call refused");
                     let status = status_of(&e);
+                    metrics::counter!("vigie_auth_refusals_total", "code" => format!("{:?}", status.code()))
+                        .increment(1);
                     return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
             }

@@ -125,6 +125,15 @@ impl Sessions {
         event.detail = Some(sql.to_string());
         event.rows = rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
         event.duration = Some(duration);
+        let label = match &outcome {
+            Ok(()) => "ok",
+            Err(e) if e.starts_with("cancelled") => "cancelled",
+            Err(_) => "error",
+        };
+        metrics::counter!("vigie_queries_total", "tenant" => principal.tenant.to_string(), "outcome" => label)
+            .increment(1);
+        metrics::histogram!("vigie_query_seconds", "tenant" => principal.tenant.to_string())
+            .record(duration.as_secs_f64());
         event.outcome = match outcome {
             Ok(()) => "ok".into(),
             Err(e) => format!("error: {e}"),

@@ -1,0 +1,98 @@
+//! Prometheus metrics: the libraries record through the `metrics` facade; `vigie serve
+//! --metrics-addr` installs the Prometheus recorder and serves its text at `GET /metrics`.
+//!
+//! ```text
+//! engine / sql / ingest ─ metrics::counter!/histogram!/gauge! ─▶ PrometheusRecorder
+//! GET http://<metrics-addr>/metrics ─▶ PrometheusHandle::render ─▶ text format 0.0.4
+//! ```
+//! Metrics: `vigie_reports_total{tenant,outcome}`, `vigie_alerts_total{tenant}`,
+//! `vigie_flushed_rows_total{tenant,table}`, `vigie_flush_seconds`, `vigie_flush_failures_total`,
+//! `vigie_buffered_bytes`, `vigie_queries_total{tenant,outcome}`, `vigie_query_seconds{tenant}`,
+//! `vigie_auth_refusals_total{code}`.
+
+use std::convert::Infallible;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Histogram buckets, in seconds (flushes and queries: 1 ms to 5 min).
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Installs the process-wide Prometheus recorder (before anything records).
+pub(crate) fn install() -> Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .context("invalid histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub(crate) fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "metrics listener cannot accept");
+                        continue;
+                    }
+                },
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let answer = answer(&handle, &request);
+                    async move { Ok::<_, Infallible>(answer) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(error = %e, "metrics connection ended");
+                }
+            });
+        }
+    })
+}
+
+fn answer(handle: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if request.uri().path() == "/metrics" {
+        handle.run_upkeep();
+        (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            Bytes::from(handle.render()),
+        )
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"metrics are at /metrics\n"),
+        )
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
