@@ -46,9 +46,18 @@ async fn acknowledged_reports_survive_sigkill_exactly_once() {
     let mut sent: Vec<WriteRequest> = Vec::new();
     for round in 0..6 {
         // Frequent small flushes, so that kills also land during Parquet writes and commits.
+        // Report times advance a minute per seq: at this rate drones cover weeks, so the dedupe
+        // window must cover them too (outside it, a retry may be stored twice, by design).
         let server = Server::start(
             &data,
-            &["--flush-interval", "150ms", "--flush-rows", "3000"],
+            &[
+                "--flush-interval",
+                "150ms",
+                "--flush-rows",
+                "3000",
+                "--dedupe-window",
+                "3650d",
+            ],
         );
         let run_for = Duration::from_millis(300 + rng.next(900));
         let began = Instant::now();
