@@ -57,6 +57,16 @@ enum AdminCommand {
         /// The user name, unique across tenants.
         name: String,
     },
+    /// Replace a user's password, read from the first line of stdin.
+    SetPassword {
+        /// The user name.
+        name: String,
+    },
+    /// Remove a user; their open sessions end within a second.
+    DeleteUser {
+        /// The user name.
+        name: String,
+    },
     /// Create an API key (sent as `authorization: Bearer <key>`); printed once, alone on the
     /// last line.
     CreateKey {
@@ -116,6 +126,17 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
                 "create-user",
                 format!("user {name} ({role})"),
             )
+        }
+        AdminCommand::SetPassword { name } => {
+            let password = read_password()?;
+            let tenant = store.update(|f| f.set_password(&name, &password))?;
+            writeln!(out, "changed the password of {name} (tenant {tenant})")?;
+            (tenant, "set-password", format!("user {name}"))
+        }
+        AdminCommand::DeleteUser { name } => {
+            let tenant = store.update(|f| f.delete_user(&name))?;
+            writeln!(out, "deleted user {name} of tenant {tenant}")?;
+            (tenant, "delete-user", format!("user {name}"))
         }
         AdminCommand::CreateKey { tenant, role } => {
             let role: Role = role.parse()?;

@@ -188,6 +188,24 @@ fn random_secret() -> Result<String> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// An argon2id PHC string of `password`, which must be long enough.
+fn hash_password(password: &str) -> Result<String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Error::InvalidConfig(format!(
+            "the password must have at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)
+        .map_err(|e| Error::InvalidConfig(format!("no randomness from the OS: {e}")))?;
+    let salt = SaltString::encode_b64(&salt)
+        .map_err(|e| Error::InvalidConfig(format!("cannot encode a salt: {e}")))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| Error::InvalidConfig(format!("cannot hash the password: {e}")))?
+        .to_string())
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -266,20 +284,7 @@ impl AuthFile {
                 "user {name:?} already exists"
             )));
         }
-        if password.chars().count() < MIN_PASSWORD_CHARS {
-            return Err(Error::InvalidConfig(format!(
-                "the password must have at least {MIN_PASSWORD_CHARS} characters"
-            )));
-        }
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt)
-            .map_err(|e| Error::InvalidConfig(format!("no randomness from the OS: {e}")))?;
-        let salt = SaltString::encode_b64(&salt)
-            .map_err(|e| Error::InvalidConfig(format!("cannot encode a salt: {e}")))?;
-        let password_hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| Error::InvalidConfig(format!("cannot hash the password: {e}")))?
-            .to_string();
+        let password_hash = hash_password(password)?;
         self.users.push(UserRecord {
             name: name.to_string(),
             tenant: tenant.to_string(),
@@ -288,6 +293,28 @@ impl AuthFile {
             created_at: now_rfc3339(),
         });
         Ok(())
+    }
+
+    /// Replaces a user's password.
+    pub fn set_password(&mut self, name: &str, password: &str) -> Result<TenantName> {
+        let hash = hash_password(password)?;
+        let user = self
+            .users
+            .iter_mut()
+            .find(|u| u.name == name)
+            .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))?;
+        user.password_hash = hash;
+        TenantName::new(&user.tenant)
+    }
+
+    /// Removes a user; their session tokens stop working at the server's next reload.
+    pub fn delete_user(&mut self, name: &str) -> Result<TenantName> {
+        let at = self
+            .users
+            .iter()
+            .position(|u| u.name == name)
+            .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))?;
+        TenantName::new(&self.users.remove(at).tenant)
     }
 
     /// Makes an API key; returns its id and the key, which is not stored and cannot be shown again.
@@ -418,11 +445,26 @@ struct Credentials {
     users: HashMap<String, UserRecord>,
     /// Live keys by SHA-256 hex.
     keys: HashMap<String, KeyRecord>,
+    /// Ids of the live keys.
+    key_ids: std::collections::HashSet<String>,
     /// Basic credentials already verified (SHA-256 of the header value): argon2 runs once.
     verified: Mutex<HashMap<String, Principal>>,
 }
 
 impl Credentials {
+    /// Whether the user or key behind a session token still exists (not deleted or revoked).
+    fn still_valid(&self, principal: &Principal) -> bool {
+        if let Some(user) = principal.name.strip_prefix("user:") {
+            self.users
+                .get(user)
+                .is_some_and(|u| u.tenant == principal.tenant.as_str() && u.role == principal.role)
+        } else if let Some(id) = principal.name.strip_prefix("key:") {
+            self.key_ids.contains(id)
+        } else {
+            false
+        }
+    }
+
     fn new(file: &AuthFile) -> Self {
         Self {
             open: file.is_open(),
@@ -436,6 +478,12 @@ impl Credentials {
                 .iter()
                 .filter(|k| k.revoked_at.is_none())
                 .map(|k| (k.sha256.clone(), k.clone()))
+                .collect(),
+            key_ids: file
+                .keys
+                .iter()
+                .filter(|k| k.revoked_at.is_none())
+                .map(|k| k.id.clone())
                 .collect(),
             verified: Mutex::default(),
         }
@@ -532,6 +580,12 @@ impl Authenticator {
             }
             let mut tokens = self.tokens.lock();
             return match tokens.get(bearer) {
+                Some((principal, _)) if !credentials.still_valid(principal) => {
+                    tokens.remove(bearer);
+                    Err(Error::Unauthenticated(
+                        "the user or key of this session was removed or revoked".into(),
+                    ))
+                }
                 Some((principal, expiry)) if *expiry > Instant::now() => Ok(principal.clone()),
                 Some(_) => {
                     tokens.remove(bearer);
@@ -678,9 +732,29 @@ mod tests {
             Role::Analyst
         );
 
+        let (_, key_token) = auth.login(Some(&format!("Bearer {key}"))).unwrap();
         store.update(|f| f.revoke_key(&id)).unwrap();
         auth.install(&auth.read_if_changed().unwrap().expect("changed"));
         assert!(err(auth.authenticate(Some(&format!("Bearer {key}")))).contains("revoked"));
+        // Sessions opened with the key end with it.
+        assert!(err(auth.authenticate(Some(&format!("Bearer {key_token}")))).contains("revoked"));
+
+        // A new password replaces the old one; deleting the user ends their sessions.
+        store
+            .update(|f| f.set_password("ana", "a brand new password"))
+            .unwrap();
+        auth.install(&auth.read_if_changed().unwrap().expect("changed"));
+        assert!(
+            auth.authenticate(Some(&basic("ana", "correct horse battery", true)))
+                .is_err()
+        );
+        assert!(
+            auth.authenticate(Some(&basic("ana", "a brand new password", false)))
+                .is_ok()
+        );
+        store.update(|f| f.delete_user("ana")).unwrap();
+        auth.install(&auth.read_if_changed().unwrap().expect("changed"));
+        assert!(err(auth.authenticate(Some(&format!("Bearer {token}")))).contains("removed"));
     }
 
     #[test]

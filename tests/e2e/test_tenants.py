@@ -214,6 +214,38 @@ def test_roles_and_bad_credentials_get_the_right_codes(world, pb):
         time.sleep(0.2)
     assert flight_code(vigie, "SELECT 1", [doomed]) == "UNAUTHENTICATED"
 
+    # A deleted user's session ends; a user with a new password logs in with it only.
+    login = flight.FlightClient(vigie.uri)
+    token = login.authenticate_basic_token("ana", PASSWORDS["ana"])[1].decode()
+    login.close()
+    assert flight_code(vigie, "SELECT 1", [("authorization", token)]) == "OK"
+    admin(data, "set-password", "boss", stdin="the new admin pass\n")
+    admin(data, "create-user", "--tenant", "north", "--role", "analyst", "temp",
+          stdin="temporary user pw\n")
+    temp = base64.b64encode(b"temp:temporary user pw").decode()
+    deadline = time.time() + 10
+    while flight_code(vigie, "SELECT 1", [("authorization", f"Basic {temp}")]) != "OK":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    old_boss = base64.b64encode(f"boss:{PASSWORDS['boss']}".encode()).decode()
+    new_boss = base64.b64encode(b"boss:the new admin pass").decode()
+    assert flight_code(vigie, "SELECT 1", [("authorization", f"Basic {old_boss}")]) \
+        == "UNAUTHENTICATED"
+    assert flight_code(vigie, "SELECT 1", [("authorization", f"Basic {new_boss}")]) == "OK"
+    admin(data, "set-password", "boss", stdin=PASSWORDS["boss"] + "\n")
+    admin(data, "delete-user", "ana")
+    deadline = time.time() + 10
+    while flight_code(vigie, "SELECT 1", [("authorization", token)]) == "OK":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    admin(data, "create-user", "--tenant", "north", "--role", "analyst", "ana",
+          stdin=PASSWORDS["ana"] + "\n")
+    ana = base64.b64encode(f"ana:{PASSWORDS['ana']}".encode()).decode()
+    deadline = time.time() + 10
+    while flight_code(vigie, "SELECT 1", [("authorization", f"Basic {ana}")]) != "OK":
+        assert time.time() < deadline
+        time.sleep(0.2)
+
 
 @pytest.mark.parametrize("sql", [
     "CREATE TABLE t AS SELECT 1",
