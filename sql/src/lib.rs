@@ -202,29 +202,17 @@ pub fn view_type(data_type: &DataType) -> DataType {
     match data_type {
         DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
         DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
-        DataType::List(f) => DataType::List(view_field(f)),
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(view_field).collect()),
+        DataType::List(f) => DataType::List(map_field(f, view_type)),
+        DataType::Struct(fields) => {
+            DataType::Struct(fields.iter().map(|f| map_field(f, view_type)).collect())
+        }
         other => other.clone(),
     }
 }
 
-fn view_field(field: &FieldRef) -> FieldRef {
-    Arc::new(
-        Field::new(
-            field.name(),
-            view_type(field.data_type()),
-            field.is_nullable(),
-        )
-        .with_metadata(field.metadata().clone()),
-    )
-}
-
 /// The schema of `schema` with [`view_type`] applied to each column.
 pub fn view_schema(schema: &Schema) -> SchemaRef {
-    Arc::new(Schema::new_with_metadata(
-        schema.fields().iter().map(view_field).collect::<Vec<_>>(),
-        schema.metadata().clone(),
-    ))
+    map_schema(schema, view_type)
 }
 
 /// The type a result column is sent as: view and large strings become Utf8, dictionaries their
@@ -235,28 +223,35 @@ pub fn plain_type(data_type: &DataType) -> DataType {
         DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
         DataType::Dictionary(_, value) => plain_type(value),
         DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => {
-            DataType::List(plain_field(f))
+            DataType::List(map_field(f, plain_type))
         }
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(plain_field).collect()),
+        DataType::Struct(fields) => {
+            DataType::Struct(fields.iter().map(|f| map_field(f, plain_type)).collect())
+        }
         other => other.clone(),
     }
 }
 
-fn plain_field(field: &FieldRef) -> FieldRef {
+/// The schema of `schema` with [`plain_type`] applied to each column.
+pub fn plain_schema(schema: &Schema) -> SchemaRef {
+    map_schema(schema, plain_type)
+}
+
+/// `field` with its type mapped by `to` (name, nullability and metadata kept).
+fn map_field(field: &FieldRef, to: fn(&DataType) -> DataType) -> FieldRef {
     Arc::new(
-        Field::new(
-            field.name(),
-            plain_type(field.data_type()),
-            field.is_nullable(),
-        )
-        .with_metadata(field.metadata().clone()),
+        Field::new(field.name(), to(field.data_type()), field.is_nullable())
+            .with_metadata(field.metadata().clone()),
     )
 }
 
-/// The schema of `schema` with [`plain_type`] applied to each column.
-pub fn plain_schema(schema: &Schema) -> SchemaRef {
+fn map_schema(schema: &Schema, to: fn(&DataType) -> DataType) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(
-        schema.fields().iter().map(plain_field).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .map(|f| map_field(f, to))
+            .collect::<Vec<_>>(),
         schema.metadata().clone(),
     ))
 }
