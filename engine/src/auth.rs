@@ -102,6 +102,16 @@ impl Principal {
         }
     }
 
+    /// The principal the gRPC port's auth layer attached to `request` (every service reads it
+    /// from there; its absence is a wiring bug).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, tonic::Status> {
+        request
+            .extensions()
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| tonic::Status::internal("the request did not pass the auth layer"))
+    }
+
     /// Whether this is the open mode's caller, who may also send reports. No user or key has
     /// this name (theirs start with `user:` or `key:`).
     pub fn is_anonymous(&self) -> bool {
@@ -298,23 +308,22 @@ impl AuthFile {
     /// Replaces a user's password.
     pub fn set_password(&mut self, name: &str, password: &str) -> Result<TenantName> {
         let hash = hash_password(password)?;
-        let user = self
-            .users
-            .iter_mut()
-            .find(|u| u.name == name)
-            .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))?;
-        user.password_hash = hash;
-        TenantName::new(&user.tenant)
+        let at = self.user_index(name)?;
+        self.users[at].password_hash = hash;
+        TenantName::new(&self.users[at].tenant)
     }
 
     /// Removes a user; their session tokens stop working at the server's next reload.
     pub fn delete_user(&mut self, name: &str) -> Result<TenantName> {
-        let at = self
-            .users
+        let at = self.user_index(name)?;
+        TenantName::new(&self.users.remove(at).tenant)
+    }
+
+    fn user_index(&self, name: &str) -> Result<usize> {
+        self.users
             .iter()
             .position(|u| u.name == name)
-            .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))?;
-        TenantName::new(&self.users.remove(at).tenant)
+            .ok_or_else(|| Error::NotFound(format!("no user {name:?}")))
     }
 
     /// Makes an API key; returns its id and the key, which is not stored and cannot be shown again.

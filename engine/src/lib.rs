@@ -563,9 +563,9 @@ impl Engine {
             ));
         }
         // Fail on a bad rule before touching any table.
-        RuleSet::compile(&rules_or_default(&args.alert_rules))?;
+        RuleSet::compile(&rules_for(&args.alert_rules, &[]))?;
         for settings in &tenants {
-            RuleSet::compile(&rules_or_default(&settings.alert_rules))
+            RuleSet::compile(&rules_for(&args.alert_rules, &settings.alert_rules))
                 .map_err(|e| Error::InvalidConfig(format!("tenant {}: {e}", settings.name)))?;
         }
         let writer_id = match &args.wal {
@@ -607,11 +607,7 @@ impl Engine {
 
     async fn open_tenant(&self, settings: TenantSettings) -> Result<Tenant> {
         let args = &self.args;
-        let rules = rules_or_default(if settings.alert_rules.is_empty() {
-            &args.alert_rules
-        } else {
-            &settings.alert_rules
-        });
+        let rules = rules_for(&args.alert_rules, &settings.alert_rules);
         let name = settings.name;
         let mut tables = BTreeMap::new();
         for kind in TableKind::ALL {
@@ -938,11 +934,13 @@ fn window_micros(window: Duration) -> i64 {
     i64::try_from(window.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// `rules`, or the default rule when empty.
-fn rules_or_default(rules: &[(String, String)]) -> Vec<(String, String)> {
-    if rules.is_empty() {
-        vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
+/// The rules a tenant runs: its own, else the server's, else the default rule.
+fn rules_for(server: &[(String, String)], tenant: &[(String, String)]) -> Vec<(String, String)> {
+    if !tenant.is_empty() {
+        tenant.to_vec()
+    } else if !server.is_empty() {
+        server.to_vec()
     } else {
-        rules.to_vec()
+        vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
     }
 }

@@ -62,7 +62,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 use vigie_engine::Error as EngineError;
 use vigie_engine::auth::{Authenticator, Principal};
-use vigie_sql::{Error as SqlError, Sessions, SqlEngine, plain_schema, to_plain};
+use vigie_sql::{Error as SqlError, Sessions, SqlEngine, cast_batch, plain_schema};
 
 use crate::cache::TtlCache;
 use crate::handle::Handle;
@@ -94,15 +94,6 @@ fn login_status(error: &EngineError) -> Status {
         | EngineError::Wal(_)
         | EngineError::DataFusion(_) => Status::internal(error.to_string()),
     }
-}
-
-/// The principal the gRPC port's auth layer attached to the request.
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::internal("the request did not pass the auth layer"))
 }
 
 fn datafusion_status(error: &DataFusionError) -> Status {
@@ -287,7 +278,7 @@ impl VigieFlightSql {
         handle: Handle,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let who = principal(&request)?;
+        let who = Principal::of(&request)?;
         let descriptor = request.into_inner();
         let handle = self.with_bindings(&who, handle);
         let started = Instant::now();
@@ -321,7 +312,7 @@ impl VigieFlightSql {
         handle: Handle,
         request: &Request<T>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let who = principal(request)?;
+        let who = Principal::of(request)?;
         let handle = self.with_bindings(&who, handle);
         let started = Instant::now();
         let mut audit = QueryAudit {
@@ -365,7 +356,7 @@ impl VigieFlightSql {
                 batch
                     .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))
                     .and_then(|b| {
-                        to_plain(&b, &out_schema)
+                        cast_batch(&b, &out_schema)
                             .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
                     })
             });
@@ -421,7 +412,7 @@ impl VigieFlightSql {
 
     /// The SQL session of the request's principal.
     async fn session_of<T>(&self, request: &Request<T>) -> Result<SqlEngine, Status> {
-        self.session(&principal(request)?).await
+        self.session(&Principal::of(request)?).await
     }
 }
 
@@ -599,7 +590,7 @@ impl FlightSqlService for VigieFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let who = principal(&request)?;
+        let who = Principal::of(&request)?;
         let started = Instant::now();
         let statement = self
             .session(&who)
@@ -623,7 +614,7 @@ impl FlightSqlService for VigieFlightSql {
         // Stateless handles: only parameters remembered for old clients to forget.
         if let Ok(handle) = Handle::from_bytes(&query.prepared_statement_handle) {
             self.bindings
-                .remove(&(principal(&request)?, handle.binding_key()));
+                .remove(&(Principal::of(&request)?, handle.binding_key()));
         }
         Ok(())
     }
@@ -636,7 +627,7 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = Handle::from_bytes(&query.prepared_statement_handle)?;
-        let who = principal(&request)?;
+        let who = Principal::of(&request)?;
         let sql = self.session(&who).await?;
         let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(
             request

@@ -64,18 +64,9 @@ fn check(needs: Needs, principal: &Principal) -> Result<(), EngineError> {
     }
 }
 
-/// The principal the auth layer attached to a request.
-pub fn principal_of<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::internal("the request did not pass the auth layer"))
-}
-
 /// The open tenant of the request's principal.
 pub fn tenant_of<T>(engine: &Engine, request: &tonic::Request<T>) -> Result<Arc<Tenant>, Status> {
-    let principal = principal_of(request)?;
+    let principal = Principal::of(request)?;
     engine.tenant(&principal.tenant).ok_or_else(|| {
         Status::unavailable(format!(
             "tenant {} is not open on this server yet: retry in a few seconds",

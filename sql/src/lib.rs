@@ -258,7 +258,7 @@ fn map_schema(schema: &Schema, to: fn(&DataType) -> DataType) -> SchemaRef {
 
 /// Casts `batch` to `schema` (made by [`plain_schema`] or [`view_schema`] from the batch's own
 /// schema).
-pub fn to_plain(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == schema.fields() {
         return Ok(batch.clone());
     }

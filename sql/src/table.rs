@@ -242,7 +242,7 @@ impl TableProvider for LiveTableProvider {
             let buffered = snapshot
                 .buffered
                 .iter()
-                .map(|b| crate::to_plain(b, &self.schema))
+                .map(|b| crate::cast_batch(b, &self.schema))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| match e {
                     crate::Error::DataFusion(e) => e,
