@@ -142,7 +142,7 @@ pub struct Tenant {
     /// Dedupe index and alert id counter, changed together with the WAL and buffers.
     state: Mutex<WriteState>,
     rules: RuleSet,
-    hub: AlertHub,
+    hub: Arc<AlertHub>,
     /// Alerts raised as of the last "alerts raised" log line.
     logged_alerts: AtomicU64,
     wal: Box<dyn Wal>,
@@ -347,6 +347,9 @@ impl Tenant {
                     self.counters.alerts.increment(alerts.num_rows() as u64);
                     state.next_alert_id += alerts.num_rows() as i64;
                     self.hub.enqueue(position, alerts_to_proto(&alerts));
+                    // The WAL's listener publishes them once durable; if the record became
+                    // durable before they were enqueued (or the log is volatile), publish now.
+                    self.hub.release(self.wal.durable_position());
                     self.alerts.push(alerts, position);
                 }
             } else {
@@ -653,7 +656,7 @@ impl Engine {
                 next_alert_id: 1,
             }),
             rules: RuleSet::compile(&rules)?,
-            hub: AlertHub::default(),
+            hub: Arc::default(),
             logged_alerts: AtomicU64::new(0),
             wal,
             wal_app_id,
@@ -678,7 +681,13 @@ impl Engine {
             )?;
         }
         let last_alert = tenant.state.lock().next_alert_id - 1;
-        tenant.hub = AlertHub::new(last_alert as u64);
+        let hub = Arc::new(AlertHub::new(last_alert as u64));
+        tenant.hub = hub.clone();
+        // Alerts go out from the WAL writer the moment their record is durable, without waiting
+        // for the writing request's task to be scheduled.
+        tenant
+            .wal
+            .set_listener(Box::new(move |durable| hub.release(durable)));
         info!(tenant = %name, last_alert, rules = tenant.rules.rules().len(), "alerts ready");
         Ok(tenant)
     }

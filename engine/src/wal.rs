@@ -32,6 +32,10 @@ pub type WalPosition = u64;
 
 const HEADER: usize = 24;
 
+/// Called by the WAL with the highest durable position, right after it becomes durable (on the
+/// thread that made it so: keep it short and non-blocking).
+pub type DurableListener = Box<dyn Fn(WalPosition) + Send + Sync>;
+
 /// One record read back at start.
 #[derive(Debug, Clone)]
 pub struct WalRecord {
@@ -51,6 +55,13 @@ pub trait Wal: Send + Sync + fmt::Debug {
     fn append(&self, received_at: i64, payload: &[u8]) -> Result<WalPosition>;
     /// The position of the last appended record (0 if none).
     fn last_position(&self) -> WalPosition;
+    /// Every record up to this position is durable.
+    fn durable_position(&self) -> WalPosition;
+    /// Installs the function told of each new durable position, so that work waiting for
+    /// durability (publishing alerts) starts at once rather than when a waiting task is next
+    /// scheduled. A log whose records are durable when appended never calls it: check
+    /// [`Wal::durable_position`] after appending.
+    fn set_listener(&self, listener: DurableListener);
     /// Waits until every record up to `position` is durable.
     async fn sync(&self, position: WalPosition) -> Result<()>;
     /// Forgets the records up to `position` (they are committed elsewhere).
@@ -81,6 +92,10 @@ impl Wal for VolatileWal {
     fn last_position(&self) -> WalPosition {
         self.last.load(Ordering::SeqCst)
     }
+    fn durable_position(&self) -> WalPosition {
+        self.last_position()
+    }
+    fn set_listener(&self, _listener: DurableListener) {}
     async fn sync(&self, _position: WalPosition) -> Result<()> {
         Ok(())
     }
@@ -124,14 +139,24 @@ struct Queue {
     roll: bool,
 }
 
-#[derive(Debug)]
 struct Shared {
     dir: PathBuf,
     queue: Mutex<Queue>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
+    listener: std::sync::OnceLock<DurableListener>,
     /// Closed segments, oldest first.
     closed: Mutex<Vec<Segment>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("dir", &self.dir)
+            .field("durable", &*self.durable.borrow())
+            .field("listener", &self.listener.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A WAL in local files, with group commit on a dedicated writer thread.
@@ -223,6 +248,7 @@ impl LocalWal {
             }),
             wake: Condvar::new(),
             durable,
+            listener: std::sync::OnceLock::new(),
             closed: Mutex::new(closed),
         });
         let writer = {
@@ -278,6 +304,16 @@ impl Wal for LocalWal {
 
     fn last_position(&self) -> WalPosition {
         self.shared.queue.lock().last
+    }
+
+    fn durable_position(&self) -> WalPosition {
+        self.shared.durable.borrow().position
+    }
+
+    fn set_listener(&self, listener: DurableListener) {
+        if self.shared.listener.set(listener).is_err() {
+            warn!("WAL: a durable listener was installed already; the new one is ignored");
+        }
     }
 
     async fn sync(&self, position: WalPosition) -> Result<()> {
@@ -405,6 +441,9 @@ fn writer_loop(shared: &Shared, segment_bytes: u64, max_delay: Duration) {
         match result {
             Ok(()) => {
                 shared.durable.send_modify(|d| d.position = last);
+                if let Some(listener) = shared.listener.get() {
+                    listener(last);
+                }
             }
             Err(e) => {
                 error!(error = %e, "WAL write failed: no further write can be acknowledged");
