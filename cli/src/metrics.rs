@@ -24,9 +24,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Histogram buckets, in seconds (flushes and queries: 1 ms to 5 min).
+/// Histogram buckets, in seconds (WAL syncs from 100 µs; flushes and queries up to 5 min).
 const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// Installs the process-wide Prometheus recorder (before anything records).

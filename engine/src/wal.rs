@@ -8,12 +8,20 @@
 //! ```
 //! Segments are files `<first position, 20 digits>.wal` of frames
 //! `len u32 | crc32 u32 | position u64 | received_at i64 | payload` (little endian; the CRC covers
-//! everything after itself). A torn or corrupt tail of the last segment (a crash mid-write) is cut
-//! off and reported; damage anywhere else stops the start with an error rather than replay garbage.
+//! everything after itself), positions dense from the file's name, then an end marker (a header of
+//! zeros, written with each batch and overwritten by the next) or the end of the file. A torn or
+//! corrupt tail of the last segment (a crash mid-write) is cut off and reported; damage anywhere
+//! else, or a gap between segments, stops the start with an error rather than replay garbage.
+//!
+//! Segments are recycled: a segment every Delta commit covers is renamed to `<…>.spare` (up to
+//! [`MAX_SPARES`]) and becomes a later segment, overwritten from its start. Writing into an
+//! allocated file does not change its size, so the fsync of an acknowledgement flushes data only
+//! and does not wait for a filesystem journal commit (which on ext4 also waits for other files'
+//! writes and for the discards of deleted files): this is what keeps the fsync tail short.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +39,15 @@ use crate::{Error, Result};
 pub type WalPosition = u64;
 
 const HEADER: usize = 24;
+
+/// Covered segments kept for reuse, at most (beyond, they are deleted).
+pub const MAX_SPARES: usize = 4;
+
+const SEGMENT_SUFFIX: &str = "wal";
+const SPARE_SUFFIX: &str = "spare";
+
+/// A WAL write + fsync taking this long is logged: acknowledgements and alerts wait for it.
+const SLOW_WRITE: Duration = Duration::from_millis(100);
 
 /// Called by the WAL with the highest durable position, right after it becomes durable (on the
 /// thread that made it so: keep it short and non-blocking).
@@ -147,6 +164,9 @@ struct Shared {
     listener: std::sync::OnceLock<DurableListener>,
     /// Closed segments, oldest first.
     closed: Mutex<Vec<Segment>>,
+    /// Files of covered segments, ready to become new segments.
+    spares: Mutex<Vec<PathBuf>>,
+    segment_bytes: u64,
 }
 
 impl fmt::Debug for Shared {
@@ -171,27 +191,34 @@ impl LocalWal {
     /// `args.after` for replay.
     pub fn open(args: LocalWalArgs) -> Result<(Self, Vec<WalRecord>)> {
         std::fs::create_dir_all(&args.dir).map_err(|e| io_error(&args.dir, "create", e))?;
-        let mut paths: Vec<(WalPosition, PathBuf)> = std::fs::read_dir(&args.dir)
-            .map_err(|e| io_error(&args.dir, "list", e))?
-            .filter_map(|entry| {
-                let path = entry.ok()?.path();
-                let first = path
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".wal")?
-                    .parse()
-                    .ok()?;
-                Some((first, path))
-            })
-            .collect();
+        let mut paths: Vec<(WalPosition, PathBuf)> = Vec::new();
+        let mut spares = Vec::new();
+        for entry in std::fs::read_dir(&args.dir).map_err(|e| io_error(&args.dir, "list", e))? {
+            let path = entry.map_err(|e| io_error(&args.dir, "list", e))?.path();
+            match numbered(&path) {
+                Some((first, SEGMENT_SUFFIX)) => paths.push((first, path)),
+                Some((_, SPARE_SUFFIX)) => spares.push(path),
+                _ => {}
+            }
+        }
         paths.sort();
         let mut replay = Vec::new();
-        let mut closed = Vec::new();
+        let mut closed: Vec<Segment> = Vec::new();
         let mut last = args.after;
         let count = paths.len();
-        for (i, (_, path)) in paths.into_iter().enumerate() {
+        for (i, (first, path)) in paths.into_iter().enumerate() {
+            if let Some(previous) = closed.last()
+                && previous.last + 1 != first
+            {
+                return Err(Error::Corrupt(format!(
+                    "WAL segment {} starts at record {first} but the segment before it ends at \
+                     record {}: records are missing, so the log cannot be replayed safely",
+                    path.display(),
+                    previous.last
+                )));
+            }
             let data = std::fs::read(&path).map_err(|e| io_error(&path, "read", e))?;
-            let (records, good_len, problem) = parse_segment(&data);
+            let (records, good_len, problem) = parse_segment(&data, first);
             if let Some(problem) = problem {
                 if i + 1 < count {
                     return Err(Error::Corrupt(format!(
@@ -202,18 +229,11 @@ impl LocalWal {
                 }
                 warn!(
                     segment = %path.display(),
-                    dropped_bytes = data.len() - good_len,
                     kept_records = records.len(),
                     reason = %problem,
                     "WAL: cut off a torn or corrupt tail (a crash during a write)"
                 );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io_error(&path, "open", e))?;
-                file.set_len(good_len as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| io_error(&path, "truncate", e))?;
+                end_segment_at(&path, data.len(), good_len)?;
             }
             let Some(seg_last) = records.last().map(|r| r.position) else {
                 std::fs::remove_file(&path).map_err(|e| io_error(&path, "remove", e))?;
@@ -250,12 +270,14 @@ impl LocalWal {
             durable,
             listener: std::sync::OnceLock::new(),
             closed: Mutex::new(closed),
+            spares: Mutex::new(spares),
+            segment_bytes: args.segment_bytes,
         });
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("vigie-wal".into())
-                .spawn(move || writer_loop(&shared, args.segment_bytes, args.max_delay))
+                .spawn(move || writer_loop(&shared, args.max_delay))
                 .map_err(|e| io_error(&args.dir, "start the writer thread for", e))?
         };
         Ok((
@@ -337,14 +359,20 @@ impl Wal for LocalWal {
                 .unwrap_or(closed.len());
             closed.drain(..keep).collect()
         };
+        let mut recycled = 0;
         for s in &removable {
-            std::fs::remove_file(&s.path).map_err(|e| io_error(&s.path, "remove", e))?;
+            if self.recycle(&s.path)? {
+                recycled += 1;
+            } else {
+                std::fs::remove_file(&s.path).map_err(|e| io_error(&s.path, "remove", e))?;
+            }
         }
         if !removable.is_empty() {
             info!(
                 segments = removable.len(),
+                recycled,
                 upto = position,
-                "WAL: removed segments covered by a Delta commit"
+                "WAL: segments covered by a Delta commit kept for reuse or removed"
             );
         }
         // Let the current segment close at its next write once everything in it is committed,
@@ -357,12 +385,62 @@ impl Wal for LocalWal {
     }
 }
 
-/// Parses frames; returns the complete records, the length they span and why parsing stopped early.
-fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize, Option<String>) {
+impl LocalWal {
+    /// Keeps a covered segment's file as a spare if it is full-sized and spares are wanted;
+    /// returns whether it did. No fsync: if the rename is lost in a crash, the segment is simply
+    /// found again, covered, and recycled or removed at the next truncation.
+    fn recycle(&self, path: &Path) -> Result<bool> {
+        let mut spares = self.shared.spares.lock();
+        let full = std::fs::metadata(path)
+            .map_err(|e| io_error(path, "inspect", e))?
+            .len()
+            >= self.shared.segment_bytes;
+        if !full || spares.len() >= MAX_SPARES {
+            return Ok(false);
+        }
+        let spare = path.with_extension(SPARE_SUFFIX);
+        std::fs::rename(path, &spare).map_err(|e| io_error(path, "recycle", e))?;
+        spares.push(spare);
+        Ok(true)
+    }
+}
+
+/// `<20 digits>.<suffix>` → (number, suffix).
+fn numbered(path: &Path) -> Option<(WalPosition, &str)> {
+    let (number, suffix) = path.file_name()?.to_str()?.split_once('.')?;
+    (number.len() == 20)
+        .then(|| Some((number.parse().ok()?, suffix)))
+        .flatten()
+}
+
+/// Makes the valid part of a segment end at `good_len`: an end marker there (the file keeps its
+/// allocated size), or the file cut when no marker fits.
+fn end_segment_at(path: &Path, len: usize, good_len: usize) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(path, "open", e))?;
+    if len - good_len > HEADER {
+        file.write_all_at(&[0; HEADER], good_len as u64)
+            .and_then(|()| file.sync_data())
+    } else {
+        file.set_len(good_len as u64).and_then(|()| file.sync_all())
+    }
+    .map_err(|e| io_error(path, "cut the torn tail of", e))
+}
+
+/// Parses the frames of a segment whose first record is `first`; returns the complete records,
+/// the length they span and, if they end otherwise than at the end of the file or at an end
+/// marker, why (a torn or damaged tail).
+fn parse_segment(data: &[u8], first: WalPosition) -> (Vec<WalRecord>, usize, Option<String>) {
     let mut records = Vec::new();
     let mut at = 0;
-    let mut previous = 0;
+    let mut expected = first;
     while at < data.len() {
+        if data.len() - at >= HEADER && data[at..at + HEADER].iter().all(|b| *b == 0) {
+            // End marker: what follows is space left from an earlier use of the file.
+            return (records, at, None);
+        }
         if data.len() - at < HEADER {
             return (
                 records,
@@ -386,14 +464,20 @@ fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize, Option<String>) {
             return (records, at, Some(format!("checksum mismatch at byte {at}")));
         }
         let position = long(8);
-        if position <= previous {
+        if position < expected {
+            // An intact record from the file's previous use: a crash came before the marker.
+            return (records, at, None);
+        }
+        if position != expected {
             return (
                 records,
                 at,
-                Some(format!("position {position} after {previous} at byte {at}")),
+                Some(format!(
+                    "record {position} where {expected} was expected, at byte {at}"
+                )),
             );
         }
-        previous = position;
+        expected += 1;
         records.push(WalRecord {
             position,
             received_at: long(16) as i64,
@@ -411,7 +495,7 @@ struct Current {
     path: PathBuf,
 }
 
-fn writer_loop(shared: &Shared, segment_bytes: u64, max_delay: Duration) {
+fn writer_loop(shared: &Shared, max_delay: Duration) {
     let mut current: Option<Current> = None;
     loop {
         let (frames, last, roll) = {
@@ -429,15 +513,18 @@ fn writer_loop(shared: &Shared, segment_bytes: u64, max_delay: Duration) {
             (std::mem::take(&mut q.frames), q.last, roll)
         };
         let first = last + 1 - count_frames(&frames);
-        let result = write_frames(
-            shared,
-            &mut current,
-            &frames,
-            first,
-            last,
-            segment_bytes,
-            roll,
-        );
+        let started = std::time::Instant::now();
+        let bytes = frames.len();
+        let result = write_frames(shared, &mut current, frames, first, last, roll);
+        let took = started.elapsed();
+        metrics::histogram!("vigie_wal_write_seconds").record(took.as_secs_f64());
+        if took >= SLOW_WRITE {
+            warn!(
+                took_ms = took.as_millis() as u64,
+                bytes,
+                "WAL: a write + fsync was slow (acknowledgements and alerts waited for the disk)"
+            );
+        }
         match result {
             Ok(()) => {
                 shared.durable.send_modify(|d| d.position = last);
@@ -479,49 +566,62 @@ fn count_frames(frames: &[u8]) -> u64 {
 fn write_frames(
     shared: &Shared,
     current: &mut Option<Current>,
-    frames: &[u8],
+    mut frames: Vec<u8>,
     first: WalPosition,
     last: WalPosition,
-    segment_bytes: u64,
     roll: bool,
 ) -> Result<()> {
-    let full = current.as_ref().is_some_and(|c| c.bytes >= segment_bytes);
-    if (full || roll) && current.is_some() {
-        let c = current.take().expect("checked");
-        c.file
-            .sync_all()
-            .map_err(|e| io_error(&c.path, "sync", e))?;
+    let full = current
+        .as_ref()
+        .is_some_and(|c| c.bytes >= shared.segment_bytes);
+    if (full || roll)
+        && let Some(c) = current.take()
+    {
+        // Every write to it was synced already.
         shared.closed.lock().push(Segment {
             last: c.last,
             path: c.path,
         });
     }
     if current.is_none() {
-        let path = shared.dir.join(format!("{first:020}.wal"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, "create", e))?;
-        // Make the new file's name durable too.
-        File::open(&shared.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error(&shared.dir, "sync", e))?;
-        *current = Some(Current {
-            file,
-            last: first.saturating_sub(1),
-            bytes: 0,
-            path,
-        });
+        *current = Some(new_segment(shared, first)?);
     }
     let c = current.as_mut().expect("just opened");
+    let len = frames.len() as u64;
+    frames.extend_from_slice(&[0; HEADER]);
     c.file
-        .write_all(frames)
+        .write_all_at(&frames, c.bytes)
         .and_then(|()| c.file.sync_data())
         .map_err(|e| io_error(&c.path, "write", e))?;
-    c.bytes += frames.len() as u64;
+    c.bytes += len;
     c.last = last;
     Ok(())
+}
+
+/// The segment whose first record is `first`: a spare renamed, or else a new file.
+fn new_segment(shared: &Shared, first: WalPosition) -> Result<Current> {
+    let path = shared.dir.join(format!("{first:020}.{SEGMENT_SUFFIX}"));
+    let spare = shared.spares.lock().pop();
+    let file = match spare {
+        Some(spare) => std::fs::rename(&spare, &path)
+            .and_then(|()| OpenOptions::new().write(true).open(&path))
+            .map_err(|e| io_error(&spare, "reuse", e))?,
+        None => OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, "create", e))?,
+    };
+    // Make the segment's name durable before any record in it is acknowledged.
+    File::open(&shared.dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(&shared.dir, "sync", e))?;
+    Ok(Current {
+        file,
+        last: first.saturating_sub(1),
+        bytes: 0,
+        path,
+    })
 }
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> Error {
@@ -559,10 +659,10 @@ mod tests {
         assert_eq!(replay[0].payload.as_ref(), &[5u8; 30]);
         assert_eq!(replay[0].received_at, 5);
         assert_eq!(wal.last_position(), 20);
-        // Small segments: several were closed; truncation removes the covered ones.
-        let before = std::fs::read_dir(dir.path()).unwrap().count();
+        // Small segments: several were closed; truncation recycles or removes the covered ones.
+        let before = files(dir.path(), SEGMENT_SUFFIX);
         wal.truncate(15).await.unwrap();
-        let after = std::fs::read_dir(dir.path()).unwrap().count();
+        let after = files(dir.path(), SEGMENT_SUFFIX);
         assert!(after < before, "{before} -> {after}");
         let p = wal.append(0, b"next").unwrap();
         assert_eq!(p, 21);
@@ -593,18 +693,98 @@ mod tests {
             .unwrap()
             .path();
         let mut data = std::fs::read(&segment).unwrap();
-        // Garble the last record's payload, then add half a header.
-        let n = data.len();
-        data[n - 3] ^= 0xff;
-        data.extend_from_slice(&[1, 2, 3]);
+        // Garble the last record's payload (the end marker follows it).
+        let end = 10 * (HEADER + 10);
+        assert!(data[end..].iter().all(|b| *b == 0), "end marker");
+        data[end - 3] ^= 0xff;
         std::fs::write(&segment, &data).unwrap();
         let (wal, replay) = LocalWal::open(args(dir.path(), 0)).unwrap();
         assert_eq!(replay.len(), 9);
         assert_eq!(wal.last_position(), 9);
+        // The tail now starts with an end marker: the segment reads cleanly from now on.
+        let data = std::fs::read(&segment).unwrap();
+        let (records, good_len, problem) = parse_segment(&data, 1);
         assert_eq!(
-            std::fs::metadata(&segment).unwrap().len() as usize,
-            9 * (HEADER + 10)
+            (records.len(), good_len, problem),
+            (9, 9 * (HEADER + 10), None)
         );
+        // The next record follows in a new segment.
+        assert_eq!(wal.append(0, b"x").unwrap(), 10);
+        wal.sync(10).await.unwrap();
+        drop(wal);
+        let (_, replay) = LocalWal::open(args(dir.path(), 0)).unwrap();
+        let positions: Vec<_> = replay.iter().map(|r| r.position).collect();
+        assert_eq!(positions, (1..=10).collect::<Vec<_>>());
+        assert_eq!(replay[9].payload.as_ref(), b"x");
+    }
+
+    fn files(dir: &Path, suffix: &str) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| numbered(&e.as_ref().unwrap().path()).is_some_and(|(_, s)| s == suffix))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn covered_segments_are_recycled_and_their_old_records_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = LocalWal::open(args(dir.path(), 0)).unwrap();
+        // Records of 30 bytes + header in 200-byte segments: a segment every 4 records.
+        let write = async |range: std::ops::Range<u8>| {
+            for i in range {
+                let p = wal.append(0, &[i; 30]).unwrap();
+                wal.sync(p).await.unwrap();
+            }
+        };
+        write(1..41).await;
+        wal.truncate(40).await.unwrap();
+        assert_eq!(files(dir.path(), SPARE_SUFFIX), MAX_SPARES);
+        let segments = files(dir.path(), SEGMENT_SUFFIX);
+        // New segments are the spares, overwritten from their start: fewer new files, and the
+        // records they held before are never read back.
+        write(41..49).await;
+        assert_eq!(files(dir.path(), SPARE_SUFFIX), MAX_SPARES - 2);
+        assert_eq!(files(dir.path(), SEGMENT_SUFFIX), segments + 2);
+        drop(wal);
+        let (wal, replay) = LocalWal::open(args(dir.path(), 40)).unwrap();
+        let positions: Vec<_> = replay.iter().map(|r| r.position).collect();
+        assert_eq!(positions, (41..=48).collect::<Vec<_>>());
+        assert!(replay.iter().all(|r| r.payload[0] as u64 == r.position));
+        assert_eq!(wal.last_position(), 48);
+        drop(wal);
+
+        // A crash right after a spare became a segment, before anything was written to it: its
+        // old records are not this segment's, and the log opens without them.
+        let spare = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| numbered(p).is_some_and(|(_, s)| s == SPARE_SUFFIX))
+            .unwrap();
+        std::fs::rename(&spare, dir.path().join(format!("{:020}.wal", 49))).unwrap();
+        let (wal, replay) = LocalWal::open(args(dir.path(), 40)).unwrap();
+        assert_eq!(replay.len(), 8);
+        assert_eq!(wal.last_position(), 48);
+        assert_eq!(wal.append(0, &[49; 30]).unwrap(), 49);
+    }
+
+    #[test]
+    fn a_gap_between_segments_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let frame = |position: u64| {
+            let mut f = Vec::new();
+            f.extend_from_slice(&1u32.to_le_bytes());
+            f.extend_from_slice(&[0; 4]);
+            f.extend_from_slice(&position.to_le_bytes());
+            f.extend_from_slice(&0i64.to_le_bytes());
+            f.push(7);
+            let crc = crc32fast::hash(&f[8..]);
+            f[4..8].copy_from_slice(&crc.to_le_bytes());
+            f
+        };
+        std::fs::write(dir.path().join(format!("{:020}.wal", 1)), frame(1)).unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.wal", 3)), frame(3)).unwrap();
+        let err = LocalWal::open(args(dir.path(), 0)).unwrap_err();
+        assert!(err.to_string().contains("records are missing"), "{err}");
     }
 
     #[test]
