@@ -254,8 +254,11 @@ impl VigieFlightSql {
 
     /// Plans `handle`'s statement to physical plans: one per bound parameter row, or one.
     async fn physical(&self, sql: &SqlEngine, handle: &Handle) -> Result<Planned, Status> {
+        let started = Instant::now();
         let (schema, frames) = self.frames(sql, handle).await?;
+        let logical = started.elapsed();
         let task = sql.task_context(&frames[0]).map_err(|e| status_of(&e))?;
+        let task_made = started.elapsed();
         let mut plans = Vec::with_capacity(frames.len());
         for frame in frames {
             plans.push(
@@ -265,6 +268,12 @@ impl VigieFlightSql {
                     .map_err(|e| datafusion_status(&e))?,
             );
         }
+        debug!(
+            logical_us = logical.as_micros() as u64,
+            task_us = (task_made - logical).as_micros() as u64,
+            physical_us = (started.elapsed() - task_made).as_micros() as u64,
+            "planned"
+        );
         Ok(Planned {
             schema,
             plans,

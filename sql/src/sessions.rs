@@ -195,6 +195,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_statement_sees_new_data_and_the_current_time() {
+        use datafusion::arrow::array::{AsArray, RecordBatch};
+        use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType};
+        use vigie_proto::Timestamp;
+        use vigie_proto::v1::{DroneReport, WriteRequest};
+
+        let sessions = sessions(QueryLimits::default()).await;
+        let session = sessions
+            .session(&principal("north", Role::Analyst))
+            .await
+            .unwrap();
+        let sql = "SELECT count(*) AS n, now() AS t FROM reports";
+        let run = async || -> (i64, i64) {
+            let batches: Vec<RecordBatch> =
+                session.plan(sql).await.unwrap().collect().await.unwrap();
+            (
+                batches[0].column(0).as_primitive::<Int64Type>().value(0),
+                batches[0]
+                    .column(1)
+                    .as_primitive::<TimestampNanosecondType>()
+                    .value(0),
+            )
+        };
+        let (n1, t1) = run().await;
+        let tenant = sessions
+            .engine
+            .tenant(&TenantName::new("north").unwrap())
+            .unwrap();
+        let report = DroneReport {
+            drone_id: "d".into(),
+            seq: 1,
+            time: Some(Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 0,
+            }),
+            latitude: 1.0,
+            longitude: 2.0,
+            citizens: Vec::new(),
+            words: Vec::new(),
+        };
+        let written = tenant
+            .write(&WriteRequest {
+                reports: vec![report],
+            })
+            .await
+            .unwrap();
+        assert_eq!(written.accepted, 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (n2, t2) = run().await;
+        assert_eq!((n1, n2), (0, 1), "the second run sees the new report");
+        assert!(t2 > t1, "now() is the time of each run: {t1} then {t2}");
+        assert_eq!(session.plans.lock().len(), 1, "one parsed plan, reused");
+    }
+
+    #[tokio::test]
     async fn views_admission_and_memory_limit() {
         let limits = QueryLimits {
             memory_bytes: 8 << 20,
