@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use vigie_engine::EngineArgs;
 
 /// Options of `vigie serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -248,12 +249,15 @@ impl Config {
             flush_interval: args
                 .flush_interval
                 .or(file.flush_interval)
-                .unwrap_or(Duration::from_secs(10)),
-            flush_rows: args.flush_rows.or(file.flush_rows).unwrap_or(1_000_000),
+                .unwrap_or(EngineArgs::DEFAULT_FLUSH_INTERVAL),
+            flush_rows: args
+                .flush_rows
+                .or(file.flush_rows)
+                .unwrap_or(EngineArgs::DEFAULT_FLUSH_ROWS),
             dedupe_window: args
                 .dedupe_window
                 .or(file.dedupe_window)
-                .unwrap_or(Duration::from_secs(24 * 3600)),
+                .unwrap_or(EngineArgs::DEFAULT_DEDUPE_WINDOW),
             max_message_bytes: args
                 .max_message_bytes
                 .or(file.max_message_bytes)

@@ -112,6 +112,32 @@ pub struct EngineArgs {
     pub alert_rules: Vec<(String, String)>,
 }
 
+impl EngineArgs {
+    /// How often the buffer is flushed by default.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+    /// Buffered rows in a table that trigger a flush by default.
+    pub const DEFAULT_FLUSH_ROWS: usize = 1_000_000;
+    /// The default dedupe window (report time).
+    pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+    /// The default buffer limit of [`EngineArgs::new`] (the server sizes its own from the
+    /// machine's memory).
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1 << 30;
+
+    /// Arguments for `lake` and `wal` with the defaults above and the default alert rule; set
+    /// fields by struct update for anything else.
+    pub fn new(lake: Lake, wal: WalMode) -> Self {
+        Self {
+            lake,
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
+            flush_rows: Self::DEFAULT_FLUSH_ROWS,
+            dedupe_window: Self::DEFAULT_DEDUPE_WINDOW,
+            wal,
+            max_buffer_bytes: Self::DEFAULT_MAX_BUFFER_BYTES,
+            alert_rules: Vec::new(),
+        }
+    }
+}
+
 /// Where the write-ahead log lives.
 #[derive(Debug, Clone)]
 pub enum WalMode {

@@ -33,13 +33,12 @@ fn request(seq: u64, score: f64) -> WriteRequest {
 async fn engine(wal: WalMode) -> Engine {
     Engine::open(
         EngineArgs {
-            lake: Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap(),
             flush_interval: Duration::from_secs(3600),
             flush_rows: usize::MAX,
-            dedupe_window: Duration::from_secs(86_400),
-            wal,
-            max_buffer_bytes: 64 << 20,
-            alert_rules: Vec::new(),
+            ..EngineArgs::new(
+                Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap(),
+                wal,
+            )
         },
         Vec::new(),
     )

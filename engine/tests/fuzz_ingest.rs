@@ -109,16 +109,14 @@ impl Harness {
         let engine = runtime
             .block_on(Engine::open(
                 EngineArgs {
-                    lake,
                     flush_interval: Duration::from_secs(3600),
                     flush_rows: usize::MAX,
-                    dedupe_window: Duration::from_secs(86_400),
-                    wal: WalMode::Off,
                     max_buffer_bytes: usize::MAX,
                     alert_rules: vec![
                         ("low".into(), "score < 20".into()),
                         ("words".into(), "array_has(words, 'emeute')".into()),
                     ],
+                    ..EngineArgs::new(lake, WalMode::Off)
                 },
                 Vec::new(),
             ))

@@ -152,17 +152,17 @@ async fn store_outage_fills_the_buffer_then_refuses_and_recovers_without_loss() 
     let lake = Lake::from_store(store.clone(), &Url::parse("memory:///lake").unwrap()).unwrap();
     let engine = Engine::open(
         EngineArgs {
-            lake,
             flush_interval: Duration::from_secs(3600),
             flush_rows: usize::MAX,
-            dedupe_window: Duration::from_secs(86_400),
-            wal: WalMode::Local {
-                dir: wal_dir.path().to_path_buf(),
-                segment_bytes: 1 << 20,
-                max_delay: Duration::ZERO,
-            },
             max_buffer_bytes: 2 << 20,
-            alert_rules: Vec::new(),
+            ..EngineArgs::new(
+                lake,
+                WalMode::Local {
+                    dir: wal_dir.path().to_path_buf(),
+                    segment_bytes: 1 << 20,
+                    max_delay: Duration::ZERO,
+                },
+            )
         },
         Vec::new(),
     )

@@ -158,13 +158,8 @@ mod tests {
             .to_vec();
         let engine = Engine::open(
             EngineArgs {
-                lake,
                 flush_interval: Duration::from_secs(3600),
-                flush_rows: 1_000_000,
-                dedupe_window: Duration::from_secs(86_400),
-                wal: WalMode::Off,
-                max_buffer_bytes: 1 << 30,
-                alert_rules: Vec::new(),
+                ..EngineArgs::new(lake, WalMode::Off)
             },
             tenants,
         )

@@ -114,13 +114,10 @@ async fn compaction_retention_and_vacuum() {
     let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
     let engine = Engine::open(
         EngineArgs {
-            lake: lake.clone(),
             flush_interval: Duration::from_secs(3600),
             flush_rows: usize::MAX,
             dedupe_window: Duration::from_secs(30 * 86_400),
-            wal: WalMode::Off,
-            max_buffer_bytes: 1 << 30,
-            alert_rules: Vec::new(),
+            ..EngineArgs::new(lake.clone(), WalMode::Off)
         },
         Vec::new(),
     )

@@ -126,13 +126,8 @@ async fn fixture() -> SqlEngine {
     let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
     let engine = Engine::open(
         EngineArgs {
-            lake,
             flush_interval: Duration::from_secs(3600),
-            flush_rows: 1_000_000,
-            dedupe_window: Duration::from_secs(86_400),
-            wal: WalMode::Off,
-            max_buffer_bytes: 1 << 30,
-            alert_rules: Vec::new(),
+            ..EngineArgs::new(lake, WalMode::Off)
         },
         Vec::new(),
     )
