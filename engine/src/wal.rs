@@ -601,16 +601,29 @@ fn write_frames(
 /// The segment whose first record is `first`: a spare renamed, or else a new file.
 fn new_segment(shared: &Shared, first: WalPosition) -> Result<Current> {
     let path = shared.dir.join(format!("{first:020}.{SEGMENT_SUFFIX}"));
-    let spare = shared.spares.lock().pop();
-    let file = match spare {
-        Some(spare) => std::fs::rename(&spare, &path)
-            .and_then(|()| OpenOptions::new().write(true).open(&path))
-            .map_err(|e| io_error(&spare, "reuse", e))?,
-        None => OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, "create", e))?,
+    let file = loop {
+        let spare = shared.spares.lock().pop();
+        let Some(spare) = spare else {
+            break OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_error(&path, "create", e))?;
+        };
+        // A spare that cannot be reused (removed by hand, say) is skipped, not fatal.
+        match std::fs::rename(&spare, &path) {
+            Ok(()) => {
+                break OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_error(&path, "open", e))?;
+            }
+            Err(e) => warn!(
+                spare = %spare.display(),
+                error = %e,
+                "WAL: cannot reuse a spare segment file; skipped"
+            ),
+        }
     };
     // Make the segment's name durable before any record in it is acknowledged.
     File::open(&shared.dir)
@@ -765,6 +778,34 @@ mod tests {
         assert_eq!(replay.len(), 8);
         assert_eq!(wal.last_position(), 48);
         assert_eq!(wal.append(0, &[49; 30]).unwrap(), 49);
+        wal.sync(49).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spare_removed_by_hand_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = LocalWal::open(args(dir.path(), 0)).unwrap();
+        for i in 1..=12u8 {
+            let p = wal.append(0, &[i; 30]).unwrap();
+            wal.sync(p).await.unwrap();
+        }
+        wal.truncate(12).await.unwrap();
+        assert_eq!(files(dir.path(), SPARE_SUFFIX), 2);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if numbered(&path).is_some_and(|(_, s)| s == SPARE_SUFFIX) {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        // The next segments are new files; nothing is refused.
+        for i in 13..=20u8 {
+            let p = wal.append(0, &[i; 30]).unwrap();
+            wal.sync(p).await.unwrap();
+        }
+        drop(wal);
+        let (_, replay) = LocalWal::open(args(dir.path(), 12)).unwrap();
+        let positions: Vec<_> = replay.iter().map(|r| r.position).collect();
+        assert_eq!(positions, (13..=20).collect::<Vec<_>>());
     }
 
     #[test]
