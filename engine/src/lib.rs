@@ -220,10 +220,11 @@ pub struct PendingWrite<'a> {
 }
 
 impl PendingWrite<'_> {
-    /// Waits until the write's WAL record (and every earlier one) is on disk.
+    /// Waits until the write's WAL record (and every earlier one) is on disk. Its alerts are
+    /// published without it: by the WAL's listener, or by the write itself when the record was
+    /// durable first.
     pub async fn durable(self) -> Result<WriteResponse> {
         self.tenant.wal.sync(self.position).await?;
-        self.tenant.hub.release(self.position);
         Ok(self.response)
     }
 }

@@ -408,9 +408,10 @@ impl LocalWal {
 /// `<20 digits>.<suffix>` → (number, suffix).
 fn numbered(path: &Path) -> Option<(WalPosition, &str)> {
     let (number, suffix) = path.file_name()?.to_str()?.split_once('.')?;
-    (number.len() == 20)
-        .then(|| Some((number.parse().ok()?, suffix)))
-        .flatten()
+    if number.len() != 20 {
+        return None;
+    }
+    Some((number.parse().ok()?, suffix))
 }
 
 /// Makes the valid part of a segment end at `good_len`: an end marker there (the file keeps its
