@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! scan() ─ snapshot ─┬─ committed files ─ day pruning ─▶ DataSourceExec(Parquet, partition column
-//!                    │                                     `day`, predicate: row groups, pages)
+//!                    │                                     `day`; filters pushed by DataFusion:
+//!                    │                                     row groups, pages, bloom filters)
 //!                    └─ buffered batches ─▶ DataSourceExec(memory)
 //!                                  both ─▶ UnionExec (same schema)
 //! ```
@@ -173,7 +174,7 @@ impl TableProvider for LiveTableProvider {
                 runtime.object_store(&self.store_url)?,
                 runtime.cache_manager.get_file_metadata_cache(),
             );
-            let mut source = ParquetSource::new(table_schema)
+            let source = ParquetSource::new(table_schema)
                 .with_parquet_file_reader_factory(Arc::new(readers))
                 .with_table_parquet_options(options);
             let mut files: Vec<&DataFile> = snapshot.files.iter().collect();
@@ -183,7 +184,7 @@ impl TableProvider for LiveTableProvider {
                 // `None`: nothing to prune with (no bound on `day` or `time`).
                 let pruning = PruningPredicateBuilder::new()
                     .with_file_schema(self.schema.clone())
-                    .build(predicate.clone());
+                    .build(predicate);
                 if let Some(pruning) = pruning {
                     let keep = pruning.prune(&DayStatistics { files: &files })?;
                     let mut keep = keep.into_iter();
@@ -195,7 +196,9 @@ impl TableProvider for LiveTableProvider {
                         "day pruning"
                     );
                 }
-                source = source.with_predicate(predicate);
+                // Not given to the Parquet source: the filters stay above the scan (`Inexact`)
+                // and DataFusion's filter pushdown hands them to it for row-group, page and
+                // bloom-filter pruning (giving them here too made every file evaluate them twice).
             }
             // Spread the files over the session's target partitions.
             let partitions = state.config().target_partitions().max(1);

@@ -42,8 +42,8 @@ async fn plan(sql: &SqlEngine, query: &str) -> String {
     displayable(plan.as_ref()).indent(true).to_string()
 }
 
-#[tokio::test]
-async fn statistics_answer_counts_and_choose_the_build_side() {
+/// Two committed files per table, and more rows in the buffer.
+async fn fixture() -> SqlEngine {
     let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
     let engine = Engine::open(
         EngineArgs {
@@ -55,13 +55,23 @@ async fn statistics_answer_counts_and_choose_the_build_side() {
     .await
     .unwrap();
     let tenant = engine.default_tenant().unwrap();
-    // Two committed files per table, and more rows in the buffer.
     for range in [0..2_000, 2_000..4_000] {
         tenant.write(&reports(range)).await.unwrap();
         engine.flush_all().await.unwrap();
     }
     tenant.write(&reports(4_000..4_500)).await.unwrap();
-    let sql = SqlEngine::new(Arc::clone(&tenant), &lake).await.unwrap();
+    SqlEngine::new(Arc::clone(&tenant), &lake).await.unwrap()
+}
+
+fn pretty(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
+    datafusion::arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn statistics_answer_counts_and_choose_the_build_side() {
+    let sql = fixture().await;
 
     let count = plan(&sql, "SELECT count(*) FROM reports").await;
     assert!(!count.contains("DataSourceExec"), "{count}");
@@ -73,9 +83,7 @@ async fn statistics_answer_counts_and_choose_the_build_side() {
         .await
         .unwrap();
     assert_eq!(
-        datafusion::arrow::util::pretty::pretty_format_batches(&answer)
-            .unwrap()
-            .to_string(),
+        pretty(&answer),
         "+------+\n| n    |\n+------+\n| 4500 |\n+------+"
     );
 
@@ -94,4 +102,43 @@ async fn statistics_answer_counts_and_choose_the_build_side() {
         .find(|l| l.contains("DataSourceExec") && l.contains("file_groups"))
         .unwrap_or_else(|| panic!("no file scan under the join: {join}"));
     assert!(first_files.contains("/alerts/"), "{join}");
+}
+
+#[tokio::test]
+async fn filters_reach_the_parquet_scan_once() {
+    let sql = fixture().await;
+    let query = "SELECT seq FROM alerts WHERE citizen = 'c100'";
+    let scan = plan(&sql, query).await;
+    let files = scan
+        .lines()
+        .find(|l| l.contains("DataSourceExec") && l.contains("file_groups"))
+        .unwrap_or_else(|| panic!("no file scan: {scan}"));
+    // DataFusion pushes the filter into the scan for row-group, page and bloom-filter pruning;
+    // the provider must not add it a second time (every file would evaluate it twice).
+    let predicate = files
+        .split_once("predicate=")
+        .unwrap_or_else(|| panic!("no predicate on the scan: {files}"))
+        .1;
+    let predicate = predicate.split(", pruning_predicate=").next().unwrap();
+    assert_eq!(predicate.matches("citizen@").count(), 1, "{files}");
+    assert!(files.contains("pruning_predicate="), "{files}");
+    let answer = sql.plan(query).await.unwrap().collect().await.unwrap();
+    assert_eq!(
+        pretty(&answer),
+        "+-----+\n| seq |\n+-----+\n| 100 |\n+-----+"
+    );
+    // EXPLAIN ANALYZE shows the pruning: of the four committed files' row groups, only the one
+    // whose citizen range holds 'c100' is read.
+    let analyzed = sql
+        .plan(&format!("EXPLAIN ANALYZE {query}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let analyzed = pretty(&analyzed);
+    assert!(
+        analyzed.contains("row_groups_pruned_statistics=4 total \u{2192} 1 matched"),
+        "{analyzed}"
+    );
 }
