@@ -3,7 +3,8 @@
 //! ```text
 //! SQL ─▶ SqlEngine::plan (read-only checks) ─▶ DataFrame ─▶ execute_stream ─▶ plain Arrow batches
 //!            catalog vigie.public: reports, alerts (LiveTableProvider: Delta files ∪ buffer)
-//!                                  sightings (view: one row per citizen of a report)
+//!                                  sightings (one row per citizen of a report, flattened
+//!                                             from reports at query time: see `sightings`)
 //!                                  alert_rules (the rules and their counts since start)
 //!                                  audit_log (admins only)
 //! ```
@@ -17,6 +18,7 @@
 
 pub mod rules;
 pub mod sessions;
+pub mod sightings;
 pub mod statement;
 pub mod table;
 
@@ -47,12 +49,6 @@ use crate::table::LiveTableProvider;
 pub const CATALOG: &str = "vigie";
 /// The schema holding the tables.
 pub const SCHEMA: &str = "public";
-
-/// `sightings`: one row per citizen recognised in a report.
-const SIGHTINGS_VIEW: &str = "CREATE VIEW sightings AS \
-    SELECT drone_id, seq, time, latitude, longitude, \
-           c['name'] AS citizen, c['score'] AS score, day \
-    FROM (SELECT drone_id, seq, time, latitude, longitude, day, unnest(citizens) AS c FROM reports)";
 
 /// Errors of the SQL layer.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +130,19 @@ impl SqlEngine {
             if table.kind() == TableKind::Audit && !view.audit_log {
                 continue;
             }
-            ctx.register_table(
-                name,
-                Arc::new(LiveTableProvider::new(table.clone(), store_url.clone())),
-            )?;
+            let provider = Arc::new(LiveTableProvider::new(table.clone(), store_url.clone()));
+            if table.kind() == TableKind::Reports {
+                ctx.register_table(
+                    "sightings",
+                    Arc::new(sightings::SightingsTable::try_new(provider.clone())?),
+                )?;
+            }
+            ctx.register_table(name, provider)?;
         }
         ctx.register_table(
             "alert_rules",
             Arc::new(rules::AlertRulesTable::new(tenant.clone())),
         )?;
-        ctx.sql(SIGHTINGS_VIEW).await?;
         Ok(Self {
             ctx,
             memory_limit: view.memory_limit,

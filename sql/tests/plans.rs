@@ -142,3 +142,21 @@ async fn filters_reach_the_parquet_scan_once() {
         "{analyzed}"
     );
 }
+
+#[tokio::test]
+async fn sightings_flatten_reports_and_filter_their_scan() {
+    let sql = fixture().await;
+    let query = "SELECT count(*) AS n FROM sightings WHERE drone_id = 'd3' AND citizen = 'c3'";
+    let plan = plan(&sql, query).await;
+    assert!(plan.contains("FlattenSightingsExec"), "{plan}");
+    assert!(!plan.contains("UnnestExec"), "{plan}");
+    // The filter on a report column prunes the reports scan; the one on the citizen (not a
+    // column of the scan) is applied after flattening.
+    let files = plan
+        .lines()
+        .find(|l| l.contains("DataSourceExec") && l.contains("file_groups"))
+        .unwrap_or_else(|| panic!("no file scan: {plan}"));
+    assert!(files.contains("predicate=drone_id@0 = d3, "), "{files}");
+    let answer = sql.plan(query).await.unwrap().collect().await.unwrap();
+    assert_eq!(pretty(&answer), "+---+\n| n |\n+---+\n| 1 |\n+---+");
+}
