@@ -2,6 +2,7 @@
 (ADBC) against `vigie serve`, and with DuckDB in-process on the same Parquet files.
 
 Usage: .venv/bin/python bench/history.py [--drones N] [--days 1,30] [--bin target/release/vigie]
+                                         [--keep DIR]
 Writes a Markdown table to stdout. Each dataset: `vigie simulate` (WAL off) → graceful stop (final
 flush) → `vigie compact --vacuum-after 0s` (every day is closed; removed files deleted, so the
 Parquet glob DuckDB reads holds exactly the table's live files) → `vigie serve` again → queries.
@@ -158,9 +159,13 @@ def main():
     parser.add_argument("--days", default="1,30")
     parser.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"),
                                                       "release", "vigie"))
+    parser.add_argument("--keep", type=Path,
+                        help="make the datasets under this directory and keep them (for bench/ab.py)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {int(d): run(args.bin, Path(tmp), args.drones, int(d)) for d in args.days.split(",")}
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        runs = {int(d): run(args.bin, root, args.drones, int(d)) for d in args.days.split(",")}
     for days, r in runs.items():
         print(f"\n### {days} day(s): {r['reports']:,} reports, {r['files']} reports files, "
               f"{r['stored'] / r['reports']:.1f} stored bytes/report "
