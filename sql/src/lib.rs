@@ -21,6 +21,7 @@ pub mod sessions;
 pub mod sightings;
 pub mod statement;
 pub mod table;
+pub mod udf;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use std::num::NonZeroUsize;
 use vigie_engine::Tenant;
@@ -124,6 +125,7 @@ impl SqlEngine {
         options.execution.parquet.reorder_filters = true;
         options.sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(ScalarUDF::new_from_impl(udf::UtcDateTrunc::default()));
         let store_url = ObjectStoreUrl::parse(lake.root_url().as_str())?;
         ctx.register_object_store(store_url.as_ref(), lake.root_store.clone());
         for (name, table) in tenant.tables() {
