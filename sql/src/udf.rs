@@ -11,12 +11,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray};
-use datafusion::arrow::datatypes::FieldRef;
-use datafusion::arrow::datatypes::{
-    DataType, Field, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use datafusion::arrow::array::{ArrayRef, make_array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::functions::datetime::date_trunc::DateTruncFunc;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
@@ -38,35 +34,17 @@ fn is_utc(tz: &str) -> bool {
     )
 }
 
-/// The array with its time zone set to `tz` (same values, no copy).
-fn with_timezone(array: &ArrayRef, tz: Option<Arc<str>>) -> ArrayRef {
-    match array.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => Arc::new(
-            array
-                .as_primitive::<TimestampSecondType>()
-                .clone()
-                .with_timezone_opt(tz),
-        ),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => Arc::new(
-            array
-                .as_primitive::<TimestampMillisecondType>()
-                .clone()
-                .with_timezone_opt(tz),
-        ),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Arc::new(
-            array
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone()
-                .with_timezone_opt(tz),
-        ),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => Arc::new(
-            array
-                .as_primitive::<TimestampNanosecondType>()
-                .clone()
-                .with_timezone_opt(tz),
-        ),
-        _ => array.clone(),
-    }
+/// The array with its time zone set to `tz` (same values and buffers, no copy).
+fn with_timezone(array: &ArrayRef, tz: Option<Arc<str>>) -> Result<ArrayRef> {
+    let DataType::Timestamp(unit, _) = array.data_type() else {
+        return Ok(array.clone());
+    };
+    let data = array
+        .to_data()
+        .into_builder()
+        .data_type(DataType::Timestamp(*unit, tz))
+        .build()?;
+    Ok(make_array(data))
 }
 
 impl ScalarUDFImpl for UtcDateTrunc {
@@ -106,7 +84,7 @@ impl ScalarUDFImpl for UtcDateTrunc {
             return self.inner.invoke_with_args(args);
         };
         if let ColumnarValue::Array(array) = &args.args[1] {
-            args.args[1] = ColumnarValue::Array(with_timezone(array, None));
+            args.args[1] = ColumnarValue::Array(with_timezone(array, None)?);
         }
         let naive = |field: &FieldRef| -> FieldRef {
             match field.data_type() {
@@ -121,7 +99,7 @@ impl ScalarUDFImpl for UtcDateTrunc {
         args.arg_fields[1] = naive(&args.arg_fields[1]);
         args.return_field = naive(&args.return_field);
         Ok(match self.inner.invoke_with_args(args)? {
-            ColumnarValue::Array(array) => ColumnarValue::Array(with_timezone(&array, Some(tz))),
+            ColumnarValue::Array(array) => ColumnarValue::Array(with_timezone(&array, Some(tz))?),
             scalar => scalar,
         })
     }
@@ -142,7 +120,8 @@ impl ScalarUDFImpl for UtcDateTrunc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, TimestampMicrosecondArray};
+    use datafusion::arrow::array::{Array, AsArray, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::TimestampMicrosecondType;
     use datafusion::common::config::ConfigOptions;
 
     fn truncate(
