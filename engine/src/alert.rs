@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::{filter, take};
@@ -203,19 +203,11 @@ pub fn sightings_of(reports: &RecordBatch) -> Result<RecordBatch> {
             .ok_or_else(|| Error::Corrupt(format!("reports batch without {name}")))
     };
     let citizens = column("citizens")?.as_list::<i32>();
-    let offsets = citizens.value_offsets();
-    let mut rows = Vec::with_capacity((offsets[offsets.len() - 1] - offsets[0]) as usize);
-    for i in 0..citizens.len() {
-        for _ in offsets[i]..offsets[i + 1] {
-            rows.push(i as u32);
-        }
-    }
-    let rows = UInt32Array::from(rows);
-    let start = offsets[0] as usize;
-    let len = (offsets[citizens.len()] - offsets[0]) as usize;
-    let people = citizens.values().slice(start, len);
+    let items = ListItems::of(citizens, true);
+    let rows = &items.rows;
+    let people = items.values(citizens)?;
     let people = people.as_struct();
-    let pick = |name: &str| -> Result<ArrayRef> { Ok(take(column(name)?, &rows, None)?) };
+    let pick = |name: &str| -> Result<ArrayRef> { Ok(take(column(name)?, rows, None)?) };
     let columns: Vec<ArrayRef> = vec![
         pick("drone_id")?,
         pick("seq")?,
@@ -227,6 +219,63 @@ pub fn sightings_of(reports: &RecordBatch) -> Result<RecordBatch> {
         pick("words")?,
     ];
     Ok(RecordBatch::try_new(sighting_schema(), columns)?)
+}
+
+/// Where the items of a list array are: the row of each item of the non-null lists (for
+/// `take` on the list's sibling columns) and, when some list is null, the position of each kept
+/// item among the values (a null list's items do not count).
+pub struct ListItems {
+    /// The row of each item; empty when not asked for.
+    pub rows: UInt32Array,
+    /// The kept items' positions in `values().slice(first offset, ..)`; `None`: all of them.
+    pub kept: Option<UInt32Array>,
+    /// How many items there are.
+    pub len: usize,
+}
+
+impl ListItems {
+    /// The items of `list`; `with_rows: false` skips the rows when only the values are read.
+    pub fn of(list: &ListArray, with_rows: bool) -> Self {
+        let offsets = list.value_offsets();
+        let (start, end) = (offsets[0] as usize, offsets[list.len()] as usize);
+        let mut rows: Vec<u32> = Vec::new();
+        let mut kept = None;
+        if list.null_count() > 0 {
+            let mut items = Vec::new();
+            for i in (0..list.len()).filter(|&i| list.is_valid(i)) {
+                for item in offsets[i] as usize..offsets[i + 1] as usize {
+                    items.push((item - start) as u32);
+                    rows.push(i as u32);
+                }
+            }
+            kept = Some(items);
+        } else if with_rows {
+            rows.reserve(end - start);
+            for i in 0..list.len() {
+                let n = (offsets[i + 1] - offsets[i]) as usize;
+                rows.extend(std::iter::repeat_n(i as u32, n));
+            }
+        }
+        Self {
+            len: kept.as_ref().map_or(end - start, Vec::len),
+            rows: rows.into(),
+            kept: kept.map(UInt32Array::from),
+        }
+    }
+
+    /// The kept values of `list` (the same `list` as [`ListItems::of`]): a slice when no list is
+    /// null (no copy), else a `take`.
+    pub fn values(&self, list: &ListArray) -> Result<ArrayRef> {
+        let offsets = list.value_offsets();
+        let start = offsets[0] as usize;
+        let values = list
+            .values()
+            .slice(start, offsets[list.len()] as usize - start);
+        Ok(match &self.kept {
+            Some(kept) => take(&values, kept, None)?,
+            None => values,
+        })
+    }
 }
 
 /// The `Alert` messages of an alerts batch.

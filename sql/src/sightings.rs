@@ -17,9 +17,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -37,6 +37,7 @@ use datafusion::physical_plan::{
     PlanProperties,
 };
 use futures::StreamExt;
+use vigie_engine::alert::ListItems;
 
 /// The report columns a sighting carries, in the table's order (then `citizen`, `score`, `day`).
 const REPORT_COLUMNS: [&str; 5] = ["drone_id", "seq", "time", "latitude", "longitude"];
@@ -160,19 +161,21 @@ impl TableProvider for SightingsTable {
         // The reports columns to read: those projected, then the citizens (always: they say how
         // many sightings each report gives).
         let mut read: Vec<usize> = Vec::new();
-        let mut sources = Vec::with_capacity(wanted.len());
-        for &i in &wanted {
-            sources.push(match self.sources[i] {
-                Source::Report(column) => {
-                    let at = read.iter().position(|&c| c == column).unwrap_or_else(|| {
-                        read.push(column);
-                        read.len() - 1
-                    });
-                    Source::Report(at)
-                }
+        // The position of reports column `column` among those read (added if new).
+        let mut at = |column: usize| match read.iter().position(|&c| c == column) {
+            Some(at) => at,
+            None => {
+                read.push(column);
+                read.len() - 1
+            }
+        };
+        let sources: Vec<Source> = wanted
+            .iter()
+            .map(|&i| match self.sources[i] {
+                Source::Report(column) => Source::Report(at(column)),
                 citizen => citizen,
-            });
-        }
+            })
+            .collect();
         // Filters on report columns are applied here (`Exact`): the columns they read too.
         let reports = self.reports.schema();
         let filters: Vec<Expr> = filters
@@ -182,14 +185,10 @@ impl TableProvider for SightingsTable {
             .collect();
         for filter in &filters {
             for column in filter.column_refs() {
-                let column = reports.index_of(column.name())?;
-                if !read.contains(&column) {
-                    read.push(column);
-                }
+                at(reports.index_of(column.name())?);
             }
         }
-        let citizens = read.len();
-        read.push(reports.index_of(CITIZENS)?);
+        let citizens = at(reports.index_of(CITIZENS)?);
         let mut input = self
             .reports
             .scan(state, Some(&read), &filters, None)
@@ -331,52 +330,26 @@ fn flatten(
         .column(citizens)
         .as_list_opt::<i32>()
         .ok_or_else(|| missing("citizens list in the scanned batch"))?;
-    let offsets = list.value_offsets();
-    let (start, end) = (offsets[0] as usize, offsets[list.len()] as usize);
-    let needs_rows = sources.iter().any(|s| matches!(s, Source::Report(_)));
-    // The report row of each sighting, and (when some list is null, whose items must not count)
-    // the positions of the kept items.
-    let mut rows: Vec<u32> = Vec::new();
-    let mut items: Option<Vec<u32>> = None;
-    if list.null_count() > 0 {
-        let mut kept = Vec::new();
-        for i in (0..list.len()).filter(|&i| list.is_valid(i)) {
-            for item in offsets[i]..offsets[i + 1] {
-                kept.push(item as u32 - start as u32);
-                rows.push(i as u32);
-            }
-        }
-        items = Some(kept);
-    } else if needs_rows {
-        rows.reserve(end - start);
-        for i in 0..list.len() {
-            let n = (offsets[i + 1] - offsets[i]) as usize;
-            rows.extend(std::iter::repeat_n(i as u32, n));
-        }
-    }
-    let num_rows = items.as_ref().map_or(end - start, Vec::len);
-    let people = list.values().slice(start, end - start);
+    let items = ListItems::of(list, sources.iter().any(|s| matches!(s, Source::Report(_))));
+    let people = items
+        .values(list)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
     let people = people
         .as_struct_opt()
         .ok_or_else(|| missing("citizens as structs"))?;
-    let items = items.map(datafusion::arrow::array::PrimitiveArray::<UInt32Type>::from);
-    let rows = datafusion::arrow::array::PrimitiveArray::<UInt32Type>::from(rows);
     let columns = sources
         .iter()
         .map(|source| -> Result<ArrayRef> {
             Ok(match *source {
-                Source::Report(i) => take(batch.column(i), &rows, None)?,
-                Source::Citizen(i) => match &items {
-                    Some(items) => take(people.column(i), items, None)?,
-                    None => people.column(i).clone(),
-                },
+                Source::Report(i) => take(batch.column(i), &items.rows, None)?,
+                Source::Citizen(i) => people.column(i).clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new_with_options(
         schema.clone(),
         columns,
-        &RecordBatchOptions::new().with_row_count(Some(num_rows)),
+        &RecordBatchOptions::new().with_row_count(Some(items.len)),
     )?)
 }
 
