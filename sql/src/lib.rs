@@ -29,13 +29,15 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF, Volatility};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use std::num::NonZeroUsize;
 use vigie_engine::Tenant;
@@ -78,10 +80,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct SqlEngine {
     ctx: SessionContext,
+    /// The same session without logical analyzer and optimizer rules: it turns plans that
+    /// [`SqlEngine::statement`] already optimized into physical plans without redoing that work.
+    optimized_ctx: SessionContext,
     /// Each query gets its own memory pool of this size (`None`: unbounded).
     memory_limit: Option<usize>,
-    /// Checked, unoptimized logical plans by SQL text (see [`SqlEngine::statement`]).
-    plans: Arc<parking_lot::Mutex<HashMap<String, LogicalPlan>>>,
+    /// Plans by SQL text (see [`SqlEngine::statement`]).
+    plans: Arc<parking_lot::Mutex<HashMap<String, CachedPlan>>>,
+}
+
+/// A statement's plan as a session keeps it between runs.
+#[derive(Clone)]
+enum CachedPlan {
+    /// Checked, not optimized: the optimizer must run for every execution (placeholders, or
+    /// functions whose value depends on the moment such as `now()`, or `EXPLAIN`).
+    Checked(LogicalPlan),
+    /// Optimized once: the same at any moment (tables are read at physical planning).
+    Optimized(LogicalPlan),
 }
 
 /// Statements whose parsed plans a session keeps; beyond, it forgets them all and starts again.
@@ -145,8 +160,18 @@ impl SqlEngine {
             "alert_rules",
             Arc::new(rules::AlertRulesTable::new(tenant.clone())),
         )?;
+        let mut optimized_state = SessionStateBuilder::new_from_existing(ctx.state());
+        if let Some(analyzer) = optimized_state.analyzer() {
+            // Function rewrites stay: physical expressions made during planning use them.
+            analyzer.rules.clear();
+        }
+        if let Some(optimizer) = optimized_state.optimizer() {
+            optimizer.rules.clear();
+        }
+        let optimized_ctx = SessionContext::new_with_state(optimized_state.build());
         Ok(Self {
             ctx,
+            optimized_ctx,
             memory_limit: view.memory_limit,
             plans: Arc::default(),
         })
@@ -183,17 +208,24 @@ impl SqlEngine {
     /// Plans a read-only statement whose `?` or `$n` placeholders get values later
     /// ([`Statement::bind`]).
     ///
-    /// Dashboards and prepared statements send the same text again and again: its parsed and
-    /// checked plan is kept, so a repeat skips parsing and name resolution (a quarter of the
-    /// planning time, measured). What depends on the moment is redone each time: the optimizer (which
-    /// fixes `now()`), and the physical plan with the tables' current files and buffer.
+    /// Dashboards and prepared statements send the same text again and again: its plan is kept,
+    /// so a repeat skips parsing and name resolution and, when the plan is the same at any moment,
+    /// the analyzer and optimizer too (together half of a small query's planning, measured).
+    /// Plans with placeholders or with functions whose value depends on the moment (`now()`,
+    /// which the optimizer fixes to the query's start, `random()`) are optimized at every run.
+    /// The physical plan is always made anew: it reads the tables' current files and buffer.
     pub async fn statement(&self, sql: &str) -> Result<Statement> {
         let sql = statement::number_placeholders(sql);
         let cached = self.plans.lock().get(&sql).cloned();
         let plan = match cached {
             Some(plan) => plan,
             None => {
-                let plan = self.checked_plan(&sql).await?;
+                let checked = self.checked_plan(&sql).await?;
+                let plan = if same_at_any_moment(&checked) {
+                    CachedPlan::Optimized(self.ctx.state().optimize(&checked)?)
+                } else {
+                    CachedPlan::Checked(checked)
+                };
                 let mut plans = self.plans.lock();
                 if plans.len() >= CACHED_PLANS {
                     plans.clear();
@@ -202,7 +234,11 @@ impl SqlEngine {
                 plan
             }
         };
-        Statement::new(self.ctx.execute_logical_plan(plan).await?)
+        let frame = match plan {
+            CachedPlan::Checked(plan) => self.ctx.execute_logical_plan(plan).await?,
+            CachedPlan::Optimized(plan) => self.optimized_ctx.execute_logical_plan(plan).await?,
+        };
+        Statement::new(frame)
     }
 
     /// The logical plan of a read-only statement.
@@ -225,6 +261,37 @@ impl SqlEngine {
         })?;
         Ok(plan)
     }
+}
+
+/// Whether optimizing `plan` gives the same plan at any moment, so that it can be optimized once
+/// and kept: a query without placeholders whose functions are all immutable (`now()` is folded
+/// to the query's start by the optimizer; volatile functions are left alone, but excluded
+/// too for simplicity), and not an `EXPLAIN`, which shows the optimizer's work.
+fn same_at_any_moment(plan: &LogicalPlan) -> bool {
+    if matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) {
+        return false;
+    }
+    let mut same = true;
+    let walked = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let volatility = match e {
+                    Expr::Placeholder(_) => Volatility::Volatile,
+                    Expr::ScalarFunction(f) => f.func.signature().volatility,
+                    Expr::AggregateFunction(f) => f.func.signature().volatility,
+                    Expr::WindowFunction(w) => w.fun.signature().volatility,
+                    _ => Volatility::Immutable,
+                };
+                same = volatility == Volatility::Immutable;
+                Ok(if same {
+                    TreeNodeRecursion::Continue
+                } else {
+                    TreeNodeRecursion::Stop
+                })
+            })
+        })
+    });
+    walked.is_ok() && same
 }
 
 /// The type a column has inside queries: strings and binaries as views (`Utf8View`), recursively
@@ -302,4 +369,34 @@ pub fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch
         .collect::<Result<Vec<_>, _>>()
         .map_err(DataFusionError::from)?;
     Ok(RecordBatch::try_new(schema.clone(), columns).map_err(DataFusionError::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn kept(sql: &str) -> bool {
+        let plan = SessionContext::new()
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .unwrap();
+        same_at_any_moment(&plan)
+    }
+
+    #[tokio::test]
+    async fn plans_that_depend_on_the_moment_are_not_kept_optimized() {
+        assert!(kept("SELECT 1 + 1").await);
+        assert!(kept("SELECT x, count(*) FROM (VALUES (1), (2)) t(x) GROUP BY x").await);
+        assert!(kept("SELECT date_trunc('hour', TIMESTAMP '2026-01-01T10:20:00Z')").await);
+        assert!(!kept("SELECT now()").await);
+        assert!(
+            !kept("SELECT x FROM (VALUES (1)) t(x) WHERE x < extract(year FROM current_date)")
+                .await
+        );
+        assert!(!kept("SELECT (SELECT max(random()) FROM (VALUES (1)) u(y))").await);
+        assert!(!kept("SELECT x FROM (VALUES (1)) t(x) WHERE EXISTS (SELECT 1 WHERE now() > TIMESTAMP '2000-01-01')").await);
+        assert!(!kept("SELECT $1 + 1").await);
+        assert!(!kept("EXPLAIN SELECT 1").await);
+    }
 }

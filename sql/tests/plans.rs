@@ -8,7 +8,7 @@ use std::time::Duration;
 use datafusion::physical_plan::displayable;
 use url::Url;
 use vigie_engine::store::Lake;
-use vigie_engine::{Engine, EngineArgs, WalMode};
+use vigie_engine::{Engine, EngineArgs, Tenant, WalMode};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
 use vigie_sql::SqlEngine;
@@ -44,6 +44,11 @@ async fn plan(sql: &SqlEngine, query: &str) -> String {
 
 /// Two committed files per table, and more rows in the buffer.
 async fn fixture() -> SqlEngine {
+    fixture_parts().await.2
+}
+
+/// The fixture's engine and tenant too, to write and flush more.
+async fn fixture_parts() -> (Engine, Arc<Tenant>, SqlEngine) {
     let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
     let engine = Engine::open(
         EngineArgs {
@@ -60,7 +65,8 @@ async fn fixture() -> SqlEngine {
         engine.flush_all().await.unwrap();
     }
     tenant.write(&reports(4_000..4_500)).await.unwrap();
-    SqlEngine::new(Arc::clone(&tenant), &lake).await.unwrap()
+    let sql = SqlEngine::new(Arc::clone(&tenant), &lake).await.unwrap();
+    (engine, tenant, sql)
 }
 
 fn pretty(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
@@ -159,4 +165,28 @@ async fn sightings_flatten_reports_and_filter_their_scan() {
     assert!(files.contains("predicate=drone_id@0 = d3, "), "{files}");
     let answer = sql.plan(query).await.unwrap().collect().await.unwrap();
     assert_eq!(pretty(&answer), "+---+\n| n |\n+---+\n| 1 |\n+---+");
+}
+
+/// Plans optimized once and kept by the session still read the tables as they are at each run
+/// (plans with `now()`, optimized at each run: `sessions::tests`).
+#[tokio::test]
+async fn kept_plans_see_new_rows() {
+    let (engine, tenant, sql) = fixture_parts().await;
+    let counts = "SELECT count(*) AS n, count(DISTINCT drone_id) AS drones FROM reports \
+                  WHERE drone_id <> 'd0' AND seq >= 1000";
+    let run = |query: &'static str| {
+        let sql = sql.clone();
+        async move { pretty(&sql.plan(query).await.unwrap().collect().await.unwrap()) }
+    };
+    let table = |n: u64| {
+        format!(
+            "+------+--------+\n| n    | drones |\n+------+--------+\n| {n:<4} | 6      |\n+------+--------+"
+        )
+    };
+    // 3,500 rows with seq >= 1000 (files and buffer), 500 of them on drone d0.
+    assert_eq!(run(counts).await, table(3_000));
+    tenant.write(&reports(4_500..5_200)).await.unwrap();
+    assert_eq!(run(counts).await, table(3_600), "new buffered rows");
+    engine.flush_all().await.unwrap();
+    assert_eq!(run(counts).await, table(3_600), "the same rows, flushed");
 }
