@@ -8,6 +8,9 @@ times each query on A and on B (median of 5 after a warm-up), alternating which 
 Prints, per query, the median of the per-round ratios B/A and their range, then their geometric
 mean. On a shared 2-core machine single runs vary 1.5x; only ratios this way are worth quoting,
 and an A/A run (the same binary twice) shows the floor of the method (about ±7 %).
+
+`--data-b DIR2/30d` gives B another dataset (B reads a copy of it): with the same binary as A and
+B, this compares two file layouts, e.g. datasets written by two versions of the writer.
 """
 
 import argparse
@@ -30,6 +33,9 @@ def main():
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data-b", type=Path,
+                        help="B reads this dataset instead of a copy of --data (to compare file "
+                             "layouts: the same binary twice, two datasets)")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="query numbers, e.g. 3,4")
@@ -41,7 +47,7 @@ def main():
     chosen = [(i, q) for i, q in enumerate(history.queries(args.days)) if not only or i in only]
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "b"
-        shutil.copytree(args.data, copy)
+        shutil.copytree(args.data_b or args.data, copy)
         servers = [history.serve(args.a, args.data), history.serve(args.b, copy)]
         try:
             cursors = [flightsql.connect(f"grpc://{addr}").cursor() for _, addr in servers]
