@@ -13,12 +13,12 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use url::Url;
 
+use crate::local_disk::LocalDisk;
 use crate::schema::TableKind;
 use crate::{Error, Result};
 
@@ -178,7 +178,7 @@ impl Lake {
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     Error::InvalidConfig(format!("cannot create {}: {e}", dir.display()))
                 })?;
-                Arc::new(LocalFileSystem::new())
+                Arc::new(LocalDisk::new())
             }
             "memory" => Arc::new(InMemory::new()),
             "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build()?),
