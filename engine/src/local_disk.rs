@@ -15,9 +15,8 @@
 
 use std::fmt;
 use std::fs::{File, Metadata};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -87,29 +86,30 @@ fn open(path: &std::path::Path) -> Result<(File, Metadata)> {
     Ok((file, metadata))
 }
 
-/// Reads exactly `range`, failing (not truncating) if the file is shorter.
+/// Reads exactly `range`, failing (not truncating) if the file is shorter. The buffer is filled
+/// by the read itself (`read_to_end` into spare capacity), not zeroed first.
 fn read_range(file: &File, path: &std::path::Path, range: Range<u64>) -> Result<Bytes> {
-    let len = usize::try_from(range.end.saturating_sub(range.start)).map_err(|_| {
-        object_store::Error::Generic {
+    let len = range.end.saturating_sub(range.start);
+    let capacity = usize::try_from(len).map_err(|_| object_store::Error::Generic {
+        store: STORE,
+        source: format!("{}: range {range:?} too large", path.display()).into(),
+    })?;
+    let mut buf = Vec::with_capacity(capacity);
+    let mut reader = file;
+    reader
+        .seek(SeekFrom::Start(range.start))
+        .and_then(|_| reader.take(len).read_to_end(&mut buf))
+        .map_err(|e| io_error(e, path))?;
+    if buf.len() < capacity {
+        return Err(object_store::Error::Generic {
             store: STORE,
-            source: format!("{}: range {range:?} too large", path.display()).into(),
-        }
-    })?;
-    let mut buf = vec![0; len];
-    file.read_exact_at(&mut buf, range.start).map_err(|e| {
-        if e.kind() == ErrorKind::UnexpectedEof {
-            object_store::Error::Generic {
-                store: STORE,
-                source: format!(
-                    "{}: range {range:?} is past the end of the file",
-                    path.display()
-                )
-                .into(),
-            }
-        } else {
-            io_error(e, path)
-        }
-    })?;
+            source: format!(
+                "{}: range {range:?} is past the end of the file",
+                path.display()
+            )
+            .into(),
+        });
+    }
     Ok(buf.into())
 }
 
