@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use deltalake::parquet::basic::Encoding;
 use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -193,6 +194,31 @@ async fn compaction_retention_and_vacuum() {
         .find(|c| c.column_path().string() == "citizens.list.element.name")
         .unwrap();
     assert!(name.bloom_filter_offset().is_some(), "no bloom filter");
+    // Distinct-valued columns are delta-encoded or split, without a dictionary; the others keep one.
+    let encodings = |path: &str| {
+        let chunk = row_group
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == path)
+            .unwrap();
+        (
+            chunk.dictionary_page_offset().is_some(),
+            chunk.encodings().collect::<Vec<_>>(),
+        )
+    };
+    for (path, expected) in [
+        ("time", Encoding::DELTA_BINARY_PACKED),
+        ("latitude", Encoding::BYTE_STREAM_SPLIT),
+        ("longitude", Encoding::BYTE_STREAM_SPLIT),
+    ] {
+        let (dictionary, used) = encodings(path);
+        assert!(!dictionary && used.contains(&expected), "{path}: {used:?}");
+    }
+    let (dictionary, used) = encodings("drone_id");
+    assert!(
+        dictionary && used.contains(&Encoding::RLE_DICTIONARY),
+        "{used:?}"
+    );
 
     // Retention of 36 h at noon on the 3rd: the 1st has ended more than 36 h ago and goes.
     let retention = MaintenanceArgs {
