@@ -1,7 +1,7 @@
 //! The local-disk object store, with small reads done in place.
 //!
 //! ```text
-//! get_opts / get_ranges ── ≤ INLINE_READ_LIMIT bytes ──▶ open + pread on the calling task
+//! get_opts / get_ranges ── ≤ INLINE_READ_LIMIT bytes ──▶ open + read on the calling task
 //!                       └─ larger, or anything else ──▶ object_store's LocalFileSystem
 //!                                                       (spawn_blocking per call)
 //! ```
