@@ -60,6 +60,14 @@ impl fmt::Display for LocalDisk {
 
 const STORE: &str = "LocalDisk";
 
+/// An error about `path` that callers do not match on.
+fn generic(path: &std::path::Path, message: impl fmt::Display) -> object_store::Error {
+    object_store::Error::Generic {
+        store: STORE,
+        source: format!("{}: {message}", path.display()).into(),
+    }
+}
+
 fn io_error(e: std::io::Error, path: &std::path::Path) -> object_store::Error {
     if e.kind() == ErrorKind::NotFound {
         object_store::Error::NotFound {
@@ -67,10 +75,7 @@ fn io_error(e: std::io::Error, path: &std::path::Path) -> object_store::Error {
             source: Box::new(e),
         }
     } else {
-        object_store::Error::Generic {
-            store: STORE,
-            source: format!("{}: {e}", path.display()).into(),
-        }
+        generic(path, e)
     }
 }
 
@@ -90,10 +95,8 @@ fn open(path: &std::path::Path) -> Result<(File, Metadata)> {
 /// by the read itself (`read_to_end` into spare capacity), not zeroed first.
 fn read_range(file: &File, path: &std::path::Path, range: Range<u64>) -> Result<Bytes> {
     let len = range.end.saturating_sub(range.start);
-    let capacity = usize::try_from(len).map_err(|_| object_store::Error::Generic {
-        store: STORE,
-        source: format!("{}: range {range:?} too large", path.display()).into(),
-    })?;
+    let capacity =
+        usize::try_from(len).map_err(|_| generic(path, format!("range {range:?} too large")))?;
     let mut buf = Vec::with_capacity(capacity);
     let mut reader = file;
     reader
@@ -101,14 +104,10 @@ fn read_range(file: &File, path: &std::path::Path, range: Range<u64>) -> Result<
         .and_then(|_| reader.take(len).read_to_end(&mut buf))
         .map_err(|e| io_error(e, path))?;
     if buf.len() < capacity {
-        return Err(object_store::Error::Generic {
-            store: STORE,
-            source: format!(
-                "{}: range {range:?} is past the end of the file",
-                path.display()
-            )
-            .into(),
-        });
+        return Err(generic(
+            path,
+            format!("range {range:?} is past the end of the file"),
+        ));
     }
     Ok(buf.into())
 }
@@ -163,12 +162,7 @@ impl ObjectStore for LocalDisk {
         let meta = object_meta(location, &metadata);
         options.check_preconditions(&meta)?;
         let range = match &options.range {
-            Some(r) => r
-                .as_range(meta.size)
-                .map_err(|e| object_store::Error::Generic {
-                    store: STORE,
-                    source: format!("{}: {e}", path.display()).into(),
-                })?,
+            Some(r) => r.as_range(meta.size).map_err(|e| generic(&path, e))?,
             None => 0..meta.size,
         };
         let payload = if range.end - range.start <= INLINE_READ_LIMIT {

@@ -188,19 +188,18 @@ async fn compaction_retention_and_vacuum() {
         .unwrap();
     let reader = SerializedFileReader::new(bytes).unwrap();
     let row_group = reader.metadata().row_group(0);
-    let name = row_group
-        .columns()
-        .iter()
-        .find(|c| c.column_path().string() == "citizens.list.element.name")
-        .unwrap();
-    assert!(name.bloom_filter_offset().is_some(), "no bloom filter");
-    // Distinct-valued columns are delta-encoded or split, without a dictionary; the others keep one.
-    let encodings = |path: &str| {
-        let chunk = row_group
+    let chunk = |path: &str| {
+        row_group
             .columns()
             .iter()
             .find(|c| c.column_path().string() == path)
-            .unwrap();
+            .unwrap_or_else(|| panic!("no column chunk {path}"))
+    };
+    let name = chunk("citizens.list.element.name");
+    assert!(name.bloom_filter_offset().is_some(), "no bloom filter");
+    // Distinct-valued columns are delta-encoded or split, without a dictionary; the others keep one.
+    let encodings = |path: &str| {
+        let chunk = chunk(path);
         (
             chunk.dictionary_page_offset().is_some(),
             chunk.encodings().collect::<Vec<_>>(),
