@@ -145,6 +145,22 @@ async fn resume_from_an_id_misses_nothing_and_repeats_nothing_across_restarts() 
 }
 
 #[tokio::test]
+async fn a_from_id_ahead_of_the_alerts_skips_the_live_ones_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d"), &[]);
+    let mut ingest = server.ingest().await;
+    ingest.write(batch("d1", 0)).await.unwrap(); // alerts 1..=8
+    // A dispatcher that already holds up to 11 (say, from a replica) asks for 12 on.
+    let mut ahead = subscribe(&server, Some(12)).await;
+    ingest.write(batch("d1", 40)).await.unwrap(); // alerts 9..=16
+    let got: Vec<u64> = [next(&mut ahead).await, next(&mut ahead).await]
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(got, vec![12, 13]);
+}
+
+#[tokio::test]
 async fn alerts_of_acknowledged_reports_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");

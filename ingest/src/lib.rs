@@ -168,13 +168,16 @@ impl Alerts for AlertsService {
         let tenant = auth::tenant_of(&self.engine, &request)?;
         // Subscribe first: everything up to `after` is stored, everything later arrives live.
         let subscription = tenant.hub().subscribe(self.queue);
-        let history = match request.get_ref().from_id {
+        let from = request.get_ref().from_id.map(|from| from.max(1));
+        let history = match from {
             Some(from) => tenant
-                .read_alerts(self.engine.lake(), from.max(1), subscription.after)
+                .read_alerts(self.engine.lake(), from, subscription.after)
                 .await
                 .map_err(|e| status_of(&e))?,
             None => Vec::new(),
         };
+        // A `from_id` beyond the last published alert skips the live ones below it too.
+        let first_live = from.unwrap_or(0);
         let last = history.last().map_or(subscription.after, |a| a.id);
         let overflow = subscription.overflow;
         let queue = self.queue;
@@ -186,7 +189,11 @@ impl Alerts for AlertsService {
                     if ended {
                         return None;
                     }
-                    match rx.recv().await {
+                    let mut next = rx.recv().await;
+                    while next.as_ref().is_some_and(|a| a.id < first_live) {
+                        next = rx.recv().await;
+                    }
+                    match next {
                         Some(alert) => {
                             let id = alert.id;
                             Some((Ok(alert), (rx, id, false)))
