@@ -161,6 +161,9 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
+    /// The durable position, set before the listener runs and `durable` wakes the waiters: a
+    /// writer that enqueues work for a position after the listener looked reads it here.
+    durable_position: AtomicU64,
     listener: std::sync::OnceLock<DurableListener>,
     /// Closed segments, oldest first.
     closed: Mutex<Vec<Segment>>,
@@ -268,6 +271,7 @@ impl LocalWal {
             }),
             wake: Condvar::new(),
             durable,
+            durable_position: AtomicU64::new(last),
             listener: std::sync::OnceLock::new(),
             closed: Mutex::new(closed),
             spares: Mutex::new(spares),
@@ -329,7 +333,7 @@ impl Wal for LocalWal {
     }
 
     fn durable_position(&self) -> WalPosition {
-        self.shared.durable.borrow().position
+        self.shared.durable_position.load(Ordering::SeqCst)
     }
 
     fn set_listener(&self, listener: DurableListener) {
@@ -528,10 +532,13 @@ fn writer_loop(shared: &Shared, max_delay: Duration) {
         }
         match result {
             Ok(()) => {
-                shared.durable.send_modify(|d| d.position = last);
+                // The listener (publishing alerts, whose subscribers wait on them) runs before
+                // the acknowledgements' waiters are woken.
+                shared.durable_position.store(last, Ordering::SeqCst);
                 if let Some(listener) = shared.listener.get() {
                     listener(last);
                 }
+                shared.durable.send_modify(|d| d.position = last);
             }
             Err(e) => {
                 error!(error = %e, "WAL write failed: no further write can be acknowledged");
