@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Reproduces the figures of BENCHMARKS.md: `vigie simulate` against `vigie serve`, both on this
 # machine, release build. Usage: bench/run.sh [ingest|alerts|all]
+# RATES="100000" picks the alert loads (default: 10000 and 100000).
+# PIN=1 runs the server on CPU 0 and the load generator (and its alert subscriber) on CPU 1, a
+# stand-in for drones and dispatchers on other machines (the server then has one core).
+# IDLE_SPIN=1 keeps one SCHED_IDLE busy loop on each CPU, so that no vCPU ever halts: it measures
+# what the VM's wake-up of a halted vCPU adds to the alert latency (not a production setting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 BIN="$CARGO_TARGET_DIR/release/vigie"
 [ -x "$BIN" ] || cargo build --release -p vigie-cli
 what="${1:-all}"
+SERVER_CPUS=(); CLIENT_CPUS=()
+if [ "${PIN:-0}" = 1 ]; then SERVER_CPUS=(taskset -c 0); CLIENT_CPUS=(taskset -c 1); fi
 
 serve() { # serve DIR ARGS... → prints the address; the PID is in $DIR/pid
   local dir=$1; shift
   mkdir -p "$dir"
-  "$BIN" serve --data-dir "$dir" --grpc-addr 127.0.0.1:0 "$@" >"$dir/out" 2>"$dir/log" &
+  "${SERVER_CPUS[@]}" "$BIN" serve --data-dir "$dir" --grpc-addr 127.0.0.1:0 "$@" >"$dir/out" 2>"$dir/log" &
   echo $! >"$dir/pid"
   for _ in $(seq 100); do
     grep -q listening "$dir/out" 2>/dev/null && break
@@ -23,6 +30,13 @@ stop() { kill -TERM "$(cat "$1/pid")"; wait "$(cat "$1/pid")" 2>/dev/null || tru
 
 tmp=$(mktemp -d)
 trap 'for p in "$tmp"/*/pid; do kill -9 "$(cat "$p")" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+if [ "${IDLE_SPIN:-0}" = 1 ]; then
+  for cpu in $(seq 0 $(($(nproc) - 1))); do
+    mkdir -p "$tmp/spin-$cpu"
+    taskset -c "$cpu" chrt -i 0 sh -c 'while :; do :; done' &
+    echo $! >"$tmp/spin-$cpu/pid"
+  done
+fi
 FLEET=(--drones 2000 --reports-per-drone 1500 --seed 1 --start 2026-01-01T00:00:00Z)
 
 if [ "$what" = ingest ] || [ "$what" = all ]; then
@@ -39,11 +53,11 @@ fi
 
 if [ "$what" = alerts ] || [ "$what" = all ]; then
   # 30 s per run so that flushes (every 10 s) fall inside the window; WAL off then fsync.
-  for rate in 10000 100000; do
+  for rate in ${RATES:-10000 100000}; do
     for wal in off fsync; do
       addr=$(serve "$tmp/alerts-$rate-$wal" --wal "$wal" --compact-interval 0s)
       echo "alerts at ${rate} reports/s (batches of 100, WAL $wal, 30 s):"
-      "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone $((rate * 30 / 2000)) \
+      "${CLIENT_CPUS[@]}" "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone $((rate * 30 / 2000)) \
         --seed 2 --start 2026-01-01T00:00:00Z --rate "$rate" --batch 100 --streams 2 --measure-alerts
       stop "$tmp/alerts-$rate-$wal"
     done
