@@ -352,13 +352,17 @@ impl Tenant {
             let mut state = self.state.lock();
             let mut builder = ReportBatchBuilder::with_capacity(valid.len());
             let mut payload = Vec::new();
+            // `--wal off` drops payloads: 6 % of ingest CPU went to encoding them (perf).
+            let log_payload = self.wal.keeps_payloads();
             for v in &valid {
                 if state
                     .dedupe
                     .insert(&v.report.drone_id, v.report.seq, v.time_micros)
                 {
                     builder.append(v, received_at);
-                    prost::encoding::message::encode(1, v.report, &mut payload);
+                    if log_payload {
+                        prost::encoding::message::encode(1, v.report, &mut payload);
+                    }
                     accepted += 1;
                 } else {
                     duplicates += 1;

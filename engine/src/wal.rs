@@ -70,6 +70,11 @@ pub trait Wal: Send + Sync + fmt::Debug {
     /// Queues a record and returns its position; it is durable once [`Wal::sync`] returns for it.
     /// Call in the same critical section that orders the records' effects.
     fn append(&self, received_at: i64, payload: &[u8]) -> Result<WalPosition>;
+    /// Whether appended payloads are kept (read back at start). A log that drops them lets the
+    /// writer skip encoding them.
+    fn keeps_payloads(&self) -> bool {
+        true
+    }
     /// The position of the last appended record (0 if none).
     fn last_position(&self) -> WalPosition;
     /// Every record up to this position is durable.
@@ -105,6 +110,9 @@ impl VolatileWal {
 impl Wal for VolatileWal {
     fn append(&self, _received_at: i64, _payload: &[u8]) -> Result<WalPosition> {
         Ok(self.last.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+    fn keeps_payloads(&self) -> bool {
+        false
     }
     fn last_position(&self) -> WalPosition {
         self.last.load(Ordering::SeqCst)
