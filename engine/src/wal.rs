@@ -854,6 +854,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_listener_sees_its_position_durable_before_waiters_wake() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = LocalWal::open(args(dir.path(), 0)).unwrap();
+        let wal = Arc::new(wal);
+        let synced = Arc::new(AtomicU64::new(0));
+        // (position told, durable position read then, highest position a waiter had seen)
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let log: Arc<std::sync::OnceLock<std::sync::Weak<LocalWal>>> = Arc::default();
+        {
+            let (synced, calls, log) = (synced.clone(), calls.clone(), log.clone());
+            wal.set_listener(Box::new(move |position| {
+                if let Some(wal) = log.get().and_then(std::sync::Weak::upgrade) {
+                    let durable = wal.durable_position();
+                    calls
+                        .lock()
+                        .push((position, durable, synced.load(Ordering::SeqCst)));
+                }
+            }));
+        }
+        log.set(Arc::downgrade(&wal)).unwrap();
+        for _ in 0..20 {
+            let position = wal.append(0, b"record").unwrap();
+            wal.sync(position).await.unwrap();
+            synced.store(position, Ordering::SeqCst);
+        }
+        let calls = calls.lock().clone();
+        assert!(!calls.is_empty());
+        for (position, durable, waiter_saw) in calls {
+            assert!(durable >= position, "told {position}, read {durable}");
+            assert!(waiter_saw < position, "a waiter of {position} woke first");
+        }
+    }
+
+    #[tokio::test]
     async fn volatile_counts_positions() {
         let wal = VolatileWal::new(7);
         assert_eq!(wal.append(0, b"x").unwrap(), 8);
