@@ -178,7 +178,12 @@ impl Alerts for AlertsService {
         };
         // A `from_id` beyond the last published alert skips the live ones below it too.
         let first_live = from.unwrap_or(0);
-        let last = history.last().map_or(subscription.after, |a| a.id);
+        // The last id delivered, or taken as seen: what an overflow tells the subscriber.
+        let last = history
+            .last()
+            .map_or(subscription.after.max(first_live.saturating_sub(1)), |a| {
+                a.id
+            });
         let overflow = subscription.overflow;
         let queue = self.queue;
         let live = futures::stream::unfold(
