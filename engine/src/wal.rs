@@ -143,12 +143,6 @@ pub struct LocalWalArgs {
     pub after: WalPosition,
 }
 
-#[derive(Debug, Clone)]
-struct Durable {
-    position: WalPosition,
-    error: Option<Arc<str>>,
-}
-
 #[derive(Debug)]
 struct Segment {
     last: WalPosition,
@@ -168,10 +162,12 @@ struct Shared {
     dir: PathBuf,
     queue: Mutex<Queue>,
     wake: Condvar,
-    durable: watch::Sender<Durable>,
-    /// The durable position, set before the listener runs and `durable` wakes the waiters: a
-    /// writer that enqueues work for a position after the listener looked reads it here.
+    /// Every record up to this position is durable. Set before the listener runs and before
+    /// `progress` wakes the waiters: a writer that enqueues work for a position after the listener
+    /// looked reads it here.
     durable_position: AtomicU64,
+    /// Notified after each new durable position; holds the error that stopped the writer, if any.
+    progress: watch::Sender<Option<Arc<str>>>,
     listener: std::sync::OnceLock<DurableListener>,
     /// Closed segments, oldest first.
     closed: Mutex<Vec<Segment>>,
@@ -184,7 +180,8 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("dir", &self.dir)
-            .field("durable", &*self.durable.borrow())
+            .field("durable", &self.durable_position)
+            .field("error", &*self.progress.borrow())
             .field("listener", &self.listener.get().is_some())
             .finish_non_exhaustive()
     }
@@ -265,10 +262,7 @@ impl LocalWal {
                 "WAL: records to replay"
             );
         }
-        let (durable, _) = watch::channel(Durable {
-            position: last,
-            error: None,
-        });
+        let (progress, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             dir: args.dir.clone(),
             queue: Mutex::new(Queue {
@@ -278,8 +272,8 @@ impl LocalWal {
                 roll: false,
             }),
             wake: Condvar::new(),
-            durable,
             durable_position: AtomicU64::new(last),
+            progress,
             listener: std::sync::OnceLock::new(),
             closed: Mutex::new(closed),
             spares: Mutex::new(spares),
@@ -315,7 +309,7 @@ impl Drop for LocalWal {
 #[async_trait]
 impl Wal for LocalWal {
     fn append(&self, received_at: i64, payload: &[u8]) -> Result<WalPosition> {
-        if let Some(e) = &self.shared.durable.borrow().error {
+        if let Some(e) = &*self.shared.progress.borrow() {
             return Err(Error::Wal(e.to_string()));
         }
         let len = u32::try_from(payload.len())
@@ -351,13 +345,14 @@ impl Wal for LocalWal {
     }
 
     async fn sync(&self, position: WalPosition) -> Result<()> {
-        let mut rx = self.shared.durable.subscribe();
-        let state = rx
-            .wait_for(|d| d.position >= position || d.error.is_some())
+        let durable = || self.shared.durable_position.load(Ordering::SeqCst) >= position;
+        let mut rx = self.shared.progress.subscribe();
+        let error = rx
+            .wait_for(|error| durable() || error.is_some())
             .await
             .map_err(|_| Error::Wal("the WAL writer stopped".into()))?;
-        match &state.error {
-            Some(e) if state.position < position => Err(Error::Wal(e.to_string())),
+        match &*error {
+            Some(e) if !durable() => Err(Error::Wal(e.to_string())),
             _ => Ok(()),
         }
     }
@@ -546,12 +541,13 @@ fn writer_loop(shared: &Shared, max_delay: Duration) {
                 if let Some(listener) = shared.listener.get() {
                     listener(last);
                 }
-                shared.durable.send_modify(|d| d.position = last);
+                // Wakes the `sync` waiters (send_modify notifies even without a change).
+                shared.progress.send_modify(|_| {});
             }
             Err(e) => {
                 error!(error = %e, "WAL write failed: no further write can be acknowledged");
                 let message: Arc<str> = Arc::from(e.to_string());
-                shared.durable.send_modify(|d| d.error = Some(message));
+                shared.progress.send_modify(|error| *error = Some(message));
                 // Refuse everything from now on: the file's state is unknown.
                 let mut q = shared.queue.lock();
                 q.frames.clear();
