@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     config.enable_type_names();
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("vigie_descriptor.bin");
     tonic_prost_build::configure()
+        // For gRPC server reflection (`grpcurl list` without the .proto).
+        .file_descriptor_set_path(descriptors)
         // Decode errors become INVALID_ARGUMENT instead of tonic-prost's INTERNAL.
         .codec_path("crate::codec::VigieCodec")
         .compile_with_config(

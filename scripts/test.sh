@@ -22,6 +22,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
+step "Superset test environment (.venv-superset: its pins differ from the other clients')"
+if [ ! -x .venv-superset/bin/python ]; then
+  python3 -m venv .venv-superset
+fi
+.venv-superset/bin/pip install --quiet --disable-pip-version-check -r tests/requirements-superset.txt
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

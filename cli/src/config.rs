@@ -97,10 +97,16 @@ pub(crate) struct ServeArgs {
     /// Session tokens from a Flight SQL login (Handshake) expire after this [default: 1h].
     #[arg(long, env = "VIGIE_TOKEN_TTL", value_parser = humantime::parse_duration)]
     pub(crate) token_ttl: Option<Duration>,
-    /// Memory one SQL query may use, in bytes; sorts and aggregations spill to disk beyond it,
-    /// other queries fail with RESOURCE_EXHAUSTED [default: 2147483648].
+    /// Memory one SQL query may use, in bytes: sorts and aggregations spill to disk beyond it,
+    /// other queries (and any function building a larger value) fail with RESOURCE_EXHAUSTED
+    /// [default: 1073741824].
     #[arg(long, env = "VIGIE_QUERY_MEMORY_BYTES")]
     pub(crate) query_memory_bytes: Option<usize>,
+    /// Memory all running SQL queries may use together, in bytes: each reserves
+    /// --query-memory-bytes when it starts, and is refused with RESOURCE_EXHAUSTED when that no
+    /// longer fits [default: a quarter of the machine's memory].
+    #[arg(long, env = "VIGIE_QUERIES_MEMORY_BYTES")]
+    pub(crate) queries_memory_bytes: Option<usize>,
     /// A SQL query still running after this long is cancelled [default: 5m].
     #[arg(long, env = "VIGIE_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
     pub(crate) query_timeout: Option<Duration>,
@@ -161,6 +167,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     token_ttl: Option<Duration>,
     query_memory_bytes: Option<usize>,
+    queries_memory_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     query_timeout: Option<Duration>,
     max_concurrent_queries: Option<usize>,
@@ -226,6 +233,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let query_limits = query_limits(&args, &file);
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -321,20 +329,7 @@ impl Config {
                 .token_ttl
                 .or(file.token_ttl)
                 .unwrap_or(Duration::from_secs(3600)),
-            query_limits: vigie_sql::QueryLimits {
-                memory_bytes: args
-                    .query_memory_bytes
-                    .or(file.query_memory_bytes)
-                    .unwrap_or(2 << 30),
-                timeout: args
-                    .query_timeout
-                    .or(file.query_timeout)
-                    .unwrap_or(Duration::from_secs(300)),
-                concurrent_per_tenant: args
-                    .max_concurrent_queries
-                    .or(file.max_concurrent_queries)
-                    .unwrap_or(8),
-            },
+            query_limits,
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
             data_dir,
         };
@@ -345,14 +340,12 @@ impl Config {
                 bail!("--alert-webhook must be an http:// or https:// URL, not {hook}");
             }
         }
-        if config.query_limits.concurrent_per_tenant == 0 {
-            bail!("--max-concurrent-queries must be at least 1");
-        }
-        if config.query_limits.memory_bytes < 1 << 20 {
-            bail!("--query-memory-bytes must be at least 1048576 (1 MiB)");
-        }
-        if config.query_limits.timeout.is_zero() || config.token_ttl.is_zero() {
-            bail!("--query-timeout and --token-ttl must be longer than 0");
+        config
+            .query_limits
+            .check()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if config.token_ttl.is_zero() {
+            bail!("--token-ttl must be longer than 0");
         }
         if config.alert_queue == 0 {
             bail!("--alert-queue must be at least 1");
@@ -385,6 +378,30 @@ impl Config {
     }
 }
 
+/// The query limits: command line, then file, then `QueryLimits`' defaults.
+fn query_limits(args: &ServeArgs, file: &FileConfig) -> vigie_sql::QueryLimits {
+    use vigie_sql::QueryLimits;
+    let memory_bytes = args
+        .query_memory_bytes
+        .or(file.query_memory_bytes)
+        .unwrap_or(QueryLimits::DEFAULT_MEMORY_BYTES);
+    QueryLimits {
+        memory_bytes,
+        total_memory_bytes: args
+            .queries_memory_bytes
+            .or(file.queries_memory_bytes)
+            .unwrap_or_else(|| QueryLimits::default_total_memory_bytes(memory_bytes)),
+        timeout: args
+            .query_timeout
+            .or(file.query_timeout)
+            .unwrap_or(QueryLimits::DEFAULT_TIMEOUT),
+        concurrent_per_tenant: args
+            .max_concurrent_queries
+            .or(file.max_concurrent_queries)
+            .unwrap_or(QueryLimits::DEFAULT_CONCURRENT_PER_TENANT),
+    }
+}
+
 /// Parses `NAME=EXPR`.
 pub(crate) fn parse_rule(rule: &str) -> Result<(String, String)> {
     match rule.split_once('=') {
@@ -395,14 +412,9 @@ pub(crate) fn parse_rule(rule: &str) -> Result<(String, String)> {
     }
 }
 
-/// A quarter of the machine's memory (from /proc/meminfo), or 2 GiB when unknown.
+/// A quarter of the machine's memory, or 2 GiB when unknown.
 fn default_max_buffer_bytes() -> usize {
-    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-    });
-    total_kib.map_or(2 << 30, |kib| kib * 1024 / 4)
+    vigie_engine::host::memory_share(4, 2 << 30)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {

@@ -10,6 +10,7 @@
 
 mod admin;
 mod config;
+mod health;
 mod metrics;
 mod query;
 mod serve;
@@ -68,7 +69,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(config::Config::resolve(*args)?).await,
             Command::Simulate(args) => simulate::run(args).await,
@@ -76,7 +77,11 @@ fn main() -> Result<()> {
             Command::Compact(args) => compact(config::Config::resolve(*args)?).await,
             Command::Admin(args) => admin::run(args).await,
         }
-    })
+    });
+    // Whatever work is left (a blocking read of a closed connection, a task not yet at a yield
+    // point) must not keep the process from exiting once the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// `vigie compact`: one maintenance run over every tenant's tables, with a line per table.

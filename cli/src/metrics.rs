@@ -4,6 +4,7 @@
 //! ```text
 //! engine / sql / ingest ─ metrics::counter!/histogram!/gauge! ─▶ PrometheusRecorder
 //! GET http://<metrics-addr>/metrics ─▶ PrometheusHandle::render ─▶ text format 0.0.4
+//! GET /healthz, /readyz ─▶ crate::health (liveness, readiness)
 //! ```
 //! Metrics: `vigie_reports_total{tenant,outcome}`, `vigie_alerts_total{tenant}`,
 //! `vigie_flushed_rows_total{tenant,table}`, `vigie_flush_seconds`, `vigie_flush_failures_total`,
@@ -24,6 +25,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::health::Health;
+
 /// Histogram buckets, in seconds (WAL syncs from 100 µs; flushes and queries up to 5 min).
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -39,10 +42,11 @@ pub(crate) fn install() -> Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
 pub(crate) fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
+    health: Health,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -58,10 +62,12 @@ pub(crate) fn serve(
                 },
             };
             let handle = handle.clone();
+            let health = health.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let answer = answer(&handle, &request);
-                    async move { Ok::<_, Infallible>(answer) }
+                    let handle = handle.clone();
+                    let health = health.clone();
+                    async move { Ok::<_, Infallible>(answer(&handle, &health, &request).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -74,20 +80,34 @@ pub(crate) fn serve(
     })
 }
 
-fn answer(handle: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = if request.uri().path() == "/metrics" {
-        handle.run_upkeep();
-        (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            Bytes::from(handle.render()),
-        )
-    } else {
-        (
+async fn answer(
+    handle: &PrometheusHandle,
+    health: &Health,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => {
+            handle.run_upkeep();
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(handle.render()),
+            )
+        }
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/readyz" => match health.ready().await {
+            Ok(()) => (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from(format!("not ready: {why}\n")),
+            ),
+        },
+        _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"metrics are at /metrics\n"),
-        )
+            Bytes::from_static(b"this port serves /metrics, /healthz and /readyz\n"),
+        ),
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;

@@ -1,7 +1,12 @@
-//! `vigie serve`: one gRPC port for Ingest, Alerts and Flight SQL, plus the background flusher.
+//! `vigie serve`: one gRPC port for Ingest, Alerts and Flight SQL (with health and reflection),
+//! plus the background flusher.
 //!
-//! Shutdown (SIGTERM or Ctrl-C): stop accepting, let open streams finish (up to
-//! `shutdown_timeout`), flush and commit the buffer, exit 0. A second signal exits at once.
+//! Start: bind and print the address, serve health (NOT_SERVING) and reflection, replay the WAL,
+//! then serve (calls that arrived meanwhile waited).
+//!
+//! Shutdown (SIGTERM or Ctrl-C): health NOT_SERVING, cancel running queries, stop accepting, let
+//! open streams finish (up to `shutdown_timeout`), flush and commit the buffer, exit 0. A second
+//! signal exits at once.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use vigie_ingest::{AlertsService, IngestService};
 use vigie_sql::Sessions;
 
 use crate::config::{Config, TlsFiles};
+use crate::health::{Deferred, Health, Phase};
 
 pub(crate) async fn run(config: Config) -> Result<()> {
     info!(?config, "starting");
@@ -56,33 +62,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let auth_file = auth.file().context("cannot read the credentials file")?;
     let lake = Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
-    let engine = Arc::new(
-        Engine::open(
-            EngineArgs {
-                lake,
-                flush_interval: config.flush_interval,
-                flush_rows: config.flush_rows,
-                dedupe_window: config.dedupe_window,
-                wal: match &config.wal_dir {
-                    None => WalMode::Off,
-                    Some(dir) => WalMode::Local {
-                        dir: dir.clone(),
-                        segment_bytes: config.wal_segment_bytes,
-                        max_delay: config.wal_max_delay,
-                    },
-                },
-                max_buffer_bytes: config.max_buffer_bytes,
-                alert_rules: config.alert_rules.clone(),
-            },
-            tenant_settings(&auth_file)?,
-        )
-        .await
-        .context("cannot open the tables")?,
-    );
-    let sessions = Arc::new(Sessions::new(engine.clone(), config.query_limits));
-    let flight = VigieFlightSql::new(sessions, auth.clone())
-        .context("cannot create the Flight SQL service")?;
 
+    // The port is served from here on: health and reflection at once, the other services as
+    // soon as the engine is open (calls wait for it meanwhile).
     let scheme = if config.tls.is_some() {
         "grpc+tls"
     } else {
@@ -112,10 +94,86 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     stdout.flush()?;
     info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), "listening");
 
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::starting(reporter, lake.clone()).await;
     let stop_serving = CancellationToken::new();
     let stop_flushing = CancellationToken::new();
-    let metrics_server = metrics_listener
-        .map(|(listener, handle)| crate::metrics::serve(listener, handle, stop_serving.clone()));
+    // Probes keep answering (503 while draining) until the very end.
+    let stop_probes = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|(listener, handle)| {
+        crate::metrics::serve(listener, handle, health.clone(), stop_probes.clone())
+    });
+    let (ingest, ingest_slot) = Deferred::new();
+    let (alerts, alerts_slot) = Deferred::new();
+    let (flight, flight_slot) = Deferred::new();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .context("invalid TLS configuration")?;
+    }
+    let server = builder
+        .layer(AuthLayer::new(auth.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1()?)
+        .add_service(reflection_v1alpha()?)
+        .add_service(ingest)
+        .add_service(alerts)
+        .add_service(flight)
+        .serve_with_incoming_shutdown(
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            TcpListenerStream::new(listener).map(|stream| {
+                let stream = stream?;
+                stream.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(stream)
+            }),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+
+    let engine = Arc::new(
+        Engine::open(
+            EngineArgs {
+                lake,
+                flush_interval: config.flush_interval,
+                flush_rows: config.flush_rows,
+                dedupe_window: config.dedupe_window,
+                wal: match &config.wal_dir {
+                    None => WalMode::Off,
+                    Some(dir) => WalMode::Local {
+                        dir: dir.clone(),
+                        segment_bytes: config.wal_segment_bytes,
+                        max_delay: config.wal_max_delay,
+                    },
+                },
+                max_buffer_bytes: config.max_buffer_bytes,
+                alert_rules: config.alert_rules.clone(),
+            },
+            tenant_settings(&auth_file)?,
+        )
+        .await
+        .context("cannot open the tables")?,
+    );
+    let sessions = Arc::new(
+        Sessions::new(engine.clone(), config.query_limits)
+            .context("cannot start the SQL sessions")?,
+    );
+    let flight_sql = VigieFlightSql::new(sessions.clone(), auth.clone())
+        .context("cannot create the Flight SQL service")?;
+    ingest_slot.send_replace(Some(
+        IngestService::new(engine.clone()).into_server(config.max_message_bytes),
+    ));
+    alerts_slot.send_replace(Some(
+        AlertsService::new(engine.clone(), config.alert_queue).into_server(),
+    ));
+    flight_slot.send_replace(Some(
+        flight_sql
+            .into_server()
+            .max_decoding_message_size(config.max_message_bytes),
+    ));
+    health.set(Phase::Ready).await;
+    info!("ready");
+
     // Flushes and maintenance encode Parquet: on their own low-priority threads.
     let background = Background::start()?;
     let (flusher, maintenance) = {
@@ -147,32 +205,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         shutdown: stop_serving.clone(),
     });
 
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(tls_config(tls)?)
-            .context("invalid TLS configuration")?;
-    }
-    let server = builder
-        .layer(AuthLayer::new(auth.clone()))
-        .add_service(IngestService::new(engine.clone()).into_server(config.max_message_bytes))
-        .add_service(AlertsService::new(engine.clone(), config.alert_queue).into_server())
-        .add_service(
-            flight
-                .into_server()
-                .max_decoding_message_size(config.max_message_bytes),
-        )
-        .serve_with_incoming_shutdown(
-            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-            TcpListenerStream::new(listener).map(|stream| {
-                let stream = stream?;
-                stream.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(stream)
-            }),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let mut server = tokio::spawn(server);
-
     tokio::select! {
         result = &mut server => {
             result.context("server task failed")?.context("server failed")?;
@@ -184,6 +216,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 warn!("second signal: exiting now");
                 std::process::exit(130);
             });
+            health.set(Phase::Draining).await;
+            // Running queries end now (audited as cancelled): their streams must not hold the
+            // drain up, nor their threads the exit.
+            sessions.shutdown();
             stop_serving.cancel();
             match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
                 Ok(result) => result.context("server task failed")?.context("server failed")?,
@@ -195,9 +231,6 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         }
     }
     stop_serving.cancel();
-    if let Some(metrics_server) = metrics_server {
-        let _ = metrics_server.await;
-    }
     for webhook in webhooks.into_iter().flatten() {
         let _ = webhook.await;
     }
@@ -225,6 +258,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             "stopped without the final flush; the WAL keeps every acknowledged report for the next start"
         ),
         (Err(e), None) => return Err(e.context("buffered reports are lost (--wal off)")),
+    }
+    stop_probes.cancel();
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
     }
     Ok(())
 }
@@ -368,6 +405,34 @@ fn lower_thread_priority() {
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
     }
+}
+
+/// gRPC server reflection (v1, which grpcurl asks first): `vigie.v1` and the health service.
+fn reflection_v1() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    reflection()
+        .build_v1()
+        .context("cannot build the reflection service")
+}
+
+/// gRPC server reflection, v1alpha (older clients).
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+> {
+    reflection()
+        .build_v1alpha()
+        .context("cannot build the reflection service")
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vigie_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The TLS identity of the gRPC port, from PEM files.

@@ -60,8 +60,14 @@ async fn acknowledged_reports_survive_sigkill_exactly_once() {
             ],
         );
         let run_for = Duration::from_millis(300 + rng.next(900));
-        let began = Instant::now();
         let client = server.ingest().await;
+        // Calls wait while the server replays its WAL: the load starts once it serves.
+        client
+            .clone()
+            .write(WriteRequest::default())
+            .await
+            .expect("the server serves after its WAL replay");
+        let began = Instant::now();
         let mut writers = Vec::new();
         while began.elapsed() < run_for {
             // New reports for a few drones, or a retry of an earlier request.

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod auth;
 pub mod compaction;
 pub mod dedupe;
+pub mod host;
 pub mod local_disk;
 pub mod report;
 pub mod rollup;

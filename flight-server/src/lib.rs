@@ -17,6 +17,7 @@ mod cache;
 mod handle;
 mod metadata;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +51,7 @@ use arrow_flight::{
 };
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
@@ -62,7 +64,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 use vigie_engine::Error as EngineError;
 use vigie_engine::auth::{Authenticator, Principal};
-use vigie_sql::{Error as SqlError, Sessions, SqlEngine, cast_batch, plain_schema};
+use vigie_sql::{
+    Error as SqlError, Outcome, Purpose, Sessions, SqlEngine, cast_batch, plain_schema,
+};
 
 use crate::cache::TtlCache;
 use crate::handle::Handle;
@@ -74,7 +78,9 @@ pub fn status_of(error: &SqlError) -> Status {
     match error {
         SqlError::ReadOnly(m) | SqlError::Parameters(m) => Status::invalid_argument(m.clone()),
         SqlError::Busy(m) => Status::resource_exhausted(m.clone()),
-        SqlError::Unavailable(m) => Status::unavailable(m.clone()),
+        SqlError::Unavailable(m) | SqlError::ShuttingDown(m) => Status::unavailable(m.clone()),
+        SqlError::Timeout(m) => Status::deadline_exceeded(m.clone()),
+        SqlError::Internal(m) => Status::internal(m.clone()),
         SqlError::DataFusion(e) => datafusion_status(e),
     }
 }
@@ -229,56 +235,31 @@ impl VigieFlightSql {
         handle
     }
 
-    /// Plans `handle`'s statement and binds its parameters: one frame per bound parameter row,
-    /// or one; with the result schema.
-    async fn frames(
-        &self,
-        sql: &SqlEngine,
-        handle: &Handle,
-    ) -> Result<(SchemaRef, Vec<DataFrame>), Status> {
-        let statement = sql
-            .statement(&handle.sql)
-            .await
+    /// Runs `work` over `who`'s session on the query runtime, admitted and bounded in time like
+    /// a query; a refusal or failure is audited (success is audited by the run that follows).
+    async fn planning<T, F, Fut>(&self, who: &Principal, sql: &str, work: F) -> Result<T, Status>
+    where
+        F: FnOnce(SqlEngine) -> Fut,
+        Fut: Future<Output = Result<T, SqlError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let query = self
+            .sessions
+            .admit(who, sql, Purpose::Plan)
             .map_err(|e| status_of(&e))?;
-        let schema = statement.schema();
-        let frames = match handle.parameter_rows()? {
-            None => vec![statement.into_frame().map_err(|e| status_of(&e))?],
-            Some(rows) => rows
-                .into_iter()
-                .map(|row| statement.clone().bind(row))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| status_of(&e))?,
+        let session = self
+            .sessions
+            .session(who)
+            .await
+            .inspect_err(|e| query.fail(e));
+        let result = match session {
+            Ok(session) => self.sessions.run(&query, work(session)).await,
+            Err(e) => Err(e),
         };
-        Ok((schema, frames))
-    }
-
-    /// Plans `handle`'s statement to physical plans: one per bound parameter row, or one.
-    async fn physical(&self, sql: &SqlEngine, handle: &Handle) -> Result<Planned, Status> {
-        let started = Instant::now();
-        let (schema, frames) = self.frames(sql, handle).await?;
-        let logical = started.elapsed();
-        let task = sql.task_context(&frames[0]).map_err(|e| status_of(&e))?;
-        let task_made = started.elapsed();
-        let mut plans = Vec::with_capacity(frames.len());
-        for frame in frames {
-            plans.push(
-                frame
-                    .create_physical_plan()
-                    .await
-                    .map_err(|e| datafusion_status(&e))?,
-            );
+        if result.is_ok() {
+            query.end(Outcome::Ok);
         }
-        debug!(
-            logical_us = logical.as_micros() as u64,
-            task_us = (task_made - logical).as_micros() as u64,
-            physical_us = (started.elapsed() - task_made).as_micros() as u64,
-            "planned"
-        );
-        Ok(Planned {
-            schema,
-            plans,
-            task,
-        })
+        result.map_err(|e| status_of(&e))
     }
 
     /// GetFlightInfo for a statement: plans it once and names the plan in the ticket.
@@ -290,14 +271,11 @@ impl VigieFlightSql {
         let who = Principal::of(&request)?;
         let descriptor = request.into_inner();
         let handle = self.with_bindings(&who, handle);
-        let started = Instant::now();
-        let planned = match self.session(&who).await {
-            Ok(sql) => self.physical(&sql, &handle).await,
-            Err(e) => Err(e),
-        };
-        // A refused or wrong statement never reaches DoGet: audit it here.
-        let planned =
-            planned.inspect_err(|status| self.audit_refusal(&who, &handle.sql, started, status))?;
+        let rows = self.parameter_rows(&who, &handle)?;
+        let text = handle.sql.clone();
+        let planned = self
+            .planning(&who, &handle.sql, |sql| physical(sql, text, rows))
+            .await?;
         let schema = planned.schema.clone();
         let plan = self.next_plan.fetch_add(1, Ordering::Relaxed).max(1);
         self.plans
@@ -311,11 +289,25 @@ impl VigieFlightSql {
             .map(Response::new)
     }
 
+    /// The handle's bound parameter rows; a handle that cannot be read is audited as refused.
+    fn parameter_rows(
+        &self,
+        who: &Principal,
+        handle: &Handle,
+    ) -> Result<Option<Vec<Vec<ScalarValue>>>, Status> {
+        handle.parameter_rows().inspect_err(|status| {
+            let outcome = Outcome::Failed(status.message().to_string());
+            self.sessions
+                .audit(who, &handle.sql, Duration::ZERO, outcome);
+        })
+    }
+
     /// DoGet for a statement: runs the plan GetFlightInfo made, or plans again when it is gone,
     /// and streams the batches as they are produced.
     ///
-    /// The query holds one of its tenant's concurrency permits until it ends, is cancelled after
-    /// the time limit, and is recorded in the audit log with its outcome and row count.
+    /// The query is admitted (its tenant's concurrency and its memory reservation), runs on the
+    /// query runtime, is cancelled at its time limit or at shutdown, and is recorded in the audit
+    /// log with its outcome and row count when its stream ends or is dropped.
     async fn run<T>(
         &self,
         handle: Handle,
@@ -323,28 +315,30 @@ impl VigieFlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let who = Principal::of(request)?;
         let handle = self.with_bindings(&who, handle);
-        let started = Instant::now();
-        let mut audit = QueryAudit {
-            sessions: self.sessions.clone(),
-            principal: who.clone(),
-            sql: handle.sql.clone(),
-            started,
-            rows: 0,
-            outcome: None,
-        };
-        let permit = self
+        let query = self
             .sessions
-            .admit(&who.tenant)
-            .map_err(|e| audit.fail(status_of(&e)))?;
+            .admit(&who, &handle.sql, Purpose::Run)
+            .map_err(|e| status_of(&e))?;
         let planned = match self.plans.take(&handle.plan) {
             Some((planner, key, planned)) if planner == who && key == handle.statement_key() => {
                 planned
             }
             _ => {
-                let sql = self.session(&who).await.map_err(|s| audit.fail(s))?;
-                self.physical(&sql, &handle)
+                let rows = self.parameter_rows(&who, &handle)?;
+                let session = self
+                    .sessions
+                    .session(&who)
                     .await
-                    .map_err(|s| audit.fail(s))?
+                    .inspect_err(|e| query.fail(e));
+                let work = physical(
+                    session.map_err(|e| status_of(&e))?,
+                    handle.sql.clone(),
+                    rows,
+                );
+                self.sessions
+                    .run(&query, work)
+                    .await
+                    .map_err(|e| status_of(&e))?
             }
         };
         info!(principal = %who.name, tenant = %who.tenant, sql = %handle.sql, "query");
@@ -354,64 +348,23 @@ impl VigieFlightSql {
             task,
         } = planned;
         let out_schema = schema.clone();
-        let limit = self.sessions.limits().timeout;
-        let deadline = tokio::time::Instant::from_std(started + limit);
+        let rows = query.row_counter();
         let batches = futures::stream::iter(plans)
             .flat_map(move |plan| match execute_stream(plan, task.clone()) {
                 Ok(stream) => stream.boxed(),
                 Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             })
             .map(move |batch| {
-                batch
-                    .map_err(|e| FlightError::Tonic(Box::new(datafusion_status(&e))))
-                    .and_then(|b| {
-                        cast_batch(&b, &out_schema)
-                            .map_err(|e| FlightError::Tonic(Box::new(status_of(&e))))
-                    })
+                let batch = cast_batch(&batch?, &out_schema)?;
+                rows.fetch_add(batch.num_rows(), Ordering::Relaxed);
+                Ok(batch)
             });
-        let bounded = futures::stream::unfold(
-            (batches.boxed(), Some((audit, permit))),
-            move |(mut batches, state)| async move {
-                let (mut audit, permit) = state?;
-                let next = match tokio::time::timeout_at(deadline, batches.next()).await {
-                    Ok(next) => next,
-                    Err(_) => Some(Err(FlightError::Tonic(Box::new(
-                        Status::deadline_exceeded(format!(
-                            "the query ran longer than the limit of {} and was cancelled",
-                            humantime::format_duration(limit)
-                        )),
-                    )))),
-                };
-                match next {
-                    Some(Ok(batch)) => {
-                        audit.rows += batch.num_rows();
-                        Some((Ok(batch), (batches, Some((audit, permit)))))
-                    }
-                    Some(Err(e)) => {
-                        audit.outcome = Some(Err(e.to_string()));
-                        // Dropping the stream cancels the plan; the permit goes with it.
-                        drop(permit);
-                        Some((Err(e), (futures::stream::empty().boxed(), None)))
-                    }
-                    None => {
-                        audit.outcome = Some(Ok(()));
-                        None
-                    }
-                }
-            },
-        );
-        Ok(Response::new(stream_batches(schema, bounded)))
-    }
-
-    /// Records a statement refused before it could run (not read-only, wrong, over a limit).
-    fn audit_refusal(&self, who: &Principal, sql: &str, started: Instant, status: &Status) {
-        self.sessions.audit(
-            who,
-            sql,
-            None,
-            started.elapsed(),
-            Err(status.message().to_string()),
-        );
+        let encoded = encode(schema, batches);
+        let answered = self
+            .sessions
+            .stream(query, encoded)
+            .map_err(|e| status_of(&e));
+        Ok(Response::new(Box::pin(answered)))
     }
 
     /// The SQL session of `who`.
@@ -425,40 +378,66 @@ impl VigieFlightSql {
     }
 }
 
-/// One query's audit record, written when it is dropped: after the last batch, an error, or the
-/// client going away (then the outcome says so).
-struct QueryAudit {
-    sessions: Arc<Sessions>,
-    principal: Principal,
+/// Plans `sql` to physical plans, one per bound parameter row (or one), with the result schema
+/// and the context to run them in.
+async fn physical(
+    session: SqlEngine,
     sql: String,
-    started: Instant,
-    rows: usize,
-    outcome: Option<Result<(), String>>,
+    rows: Option<Vec<Vec<ScalarValue>>>,
+) -> Result<Planned, SqlError> {
+    let started = Instant::now();
+    let (schema, frames) = frames(&session, &sql, rows).await?;
+    let logical = started.elapsed();
+    let task = session.task_context(&frames[0])?;
+    let mut plans = Vec::with_capacity(frames.len());
+    for frame in frames {
+        plans.push(frame.create_physical_plan().await?);
+    }
+    debug!(
+        logical_us = logical.as_micros() as u64,
+        physical_us = (started.elapsed() - logical).as_micros() as u64,
+        "planned"
+    );
+    Ok(Planned {
+        schema,
+        plans,
+        task,
+    })
 }
 
-impl QueryAudit {
-    /// Records `status` as the outcome and gives it back.
-    fn fail(&mut self, status: Status) -> Status {
-        self.outcome = Some(Err(status.message().to_string()));
-        status
-    }
+/// Plans `sql` and binds its parameter rows: one frame per row, or one; with the result schema.
+async fn frames(
+    session: &SqlEngine,
+    sql: &str,
+    rows: Option<Vec<Vec<ScalarValue>>>,
+) -> Result<(SchemaRef, Vec<DataFrame>), SqlError> {
+    let statement = session.statement(sql).await?;
+    let schema = statement.schema();
+    let frames = match rows {
+        None => vec![statement.into_frame()?],
+        Some(rows) => rows
+            .into_iter()
+            .map(|row| statement.clone().bind(row))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok((schema, frames))
 }
 
-impl Drop for QueryAudit {
-    fn drop(&mut self) {
-        let outcome = self
-            .outcome
-            .take()
-            .unwrap_or_else(|| Err("cancelled: the client stopped reading".into()));
-        let rows = outcome.is_ok().then_some(self.rows);
-        self.sessions.audit(
-            &self.principal,
-            &self.sql,
-            rows,
-            self.started.elapsed(),
-            outcome,
-        );
-    }
+/// Arrow IPC encoding of a query's batches (on the query runtime, like the query itself).
+fn encode(
+    schema: SchemaRef,
+    batches: impl Stream<Item = Result<arrow::array::RecordBatch, SqlError>> + Send + 'static,
+) -> impl Stream<Item = Result<arrow_flight::FlightData, SqlError>> + Send + 'static {
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
+        .map_err(|e| match e {
+            FlightError::ExternalError(inner) => match inner.downcast::<SqlError>() {
+                Ok(e) => *e,
+                Err(other) => SqlError::Internal(other.to_string()),
+            },
+            other => SqlError::Internal(format!("cannot encode the result: {other}")),
+        })
 }
 
 /// A schema as the IPC message prepared-statement results carry.
@@ -600,18 +579,17 @@ impl FlightSqlService for VigieFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let who = Principal::of(&request)?;
-        let started = Instant::now();
-        let statement = self
-            .session(&who)
-            .await?
-            .statement(&query.query)
-            .await
-            .map_err(|e| status_of(&e))
-            .inspect_err(|status| self.audit_refusal(&who, &query.query, started, status))?;
+        let text = query.query.clone();
+        let (schema, parameters) = self
+            .planning(&who, &query.query, |sql| async move {
+                let statement = sql.statement(&text).await?;
+                Ok((statement.schema(), statement.parameters().clone()))
+            })
+            .await?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: Handle::prepared(query.query).to_bytes(),
-            dataset_schema: schema_bytes(&statement.schema())?,
-            parameter_schema: schema_bytes(statement.parameters())?,
+            dataset_schema: schema_bytes(&schema)?,
+            parameter_schema: schema_bytes(&parameters)?,
         })
     }
 
@@ -637,7 +615,6 @@ impl FlightSqlService for VigieFlightSql {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = Handle::from_bytes(&query.prepared_statement_handle)?;
         let who = Principal::of(&request)?;
-        let sql = self.session(&who).await?;
         let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(
             request
                 .into_inner()
@@ -652,7 +629,12 @@ impl FlightSqlService for VigieFlightSql {
         let handle = handle.with_parameters(&batches)?;
         // Bind now (logical plans only: execution makes the physical ones), so that a wrong
         // count or type fails here rather than at execution.
-        self.frames(&sql, &handle).await?;
+        let rows = self.parameter_rows(&who, &handle)?;
+        let text = handle.sql.clone();
+        self.planning(&who, &handle.sql, |sql| async move {
+            frames(&sql, &text, rows).await.map(|_| ())
+        })
+        .await?;
         self.bindings
             .insert((who, handle.binding_key()), handle.parameters.clone());
         Ok(DoPutPreparedStatementResult {

@@ -32,10 +32,19 @@ enum Needs {
     Reader,
 }
 
+/// Services anyone may call: health (load balancers, probes) and reflection (the public contract).
+const OPEN_SERVICES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
 fn needs(path: &str) -> Needs {
     if path.starts_with("/vigie.v1.Ingest/") {
         Needs::Drone
-    } else if path == "/arrow.flight.protocol.FlightService/Handshake" {
+    } else if path == "/arrow.flight.protocol.FlightService/Handshake"
+        || OPEN_SERVICES.iter().any(|s| path.starts_with(s))
+    {
         Needs::Nothing
     } else {
         Needs::Reader

@@ -17,4 +17,7 @@ pub mod v1 {
     tonic::include_proto!("vigie.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `vigie.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigie_descriptor");
+
 pub use prost_types::Timestamp;

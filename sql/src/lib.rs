@@ -16,7 +16,10 @@
 //! dictionaries) because Flight SQL clients such as the JDBC driver do not read the others: see
 //! [`plain_schema`].
 
+pub mod bounded;
+pub mod query;
 pub mod rules;
+pub mod runtime;
 pub mod sessions;
 pub mod sightings;
 pub mod statement;
@@ -44,6 +47,7 @@ use vigie_engine::Tenant;
 use vigie_engine::schema::TableKind;
 use vigie_engine::store::Lake;
 
+pub use crate::query::{Outcome, Purpose, Query};
 pub use crate::sessions::{QueryLimits, Sessions};
 pub use crate::statement::Statement;
 use crate::table::LiveTableProvider;
@@ -71,6 +75,15 @@ pub enum Error {
     /// The tenant's tables are not open on this server (yet).
     #[error("{0}")]
     Unavailable(String),
+    /// The query ran longer than its time limit and was cancelled.
+    #[error("{0}")]
+    Timeout(String),
+    /// The server is shutting down: the query was cancelled or refused.
+    #[error("{0}")]
+    ShuttingDown(String),
+    /// A bug: a query task panicked, a result could not be encoded.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// The SQL layer's result type.
@@ -141,6 +154,9 @@ impl SqlEngine {
         options.sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
         ctx.register_udf(ScalarUDF::new_from_impl(udf::UtcDateTrunc::default()));
+        if let Some(limit) = view.memory_limit {
+            bounded::register(&ctx, limit);
+        }
         let store_url = ObjectStoreUrl::parse(lake.root_url().as_str())?;
         ctx.register_object_store(store_url.as_ref(), lake.root_store.clone());
         for (name, table) in tenant.tables() {

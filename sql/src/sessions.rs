@@ -1,46 +1,99 @@
-//! Every principal's SQL session, the per-tenant query limits, and the audit of queries.
+//! Every principal's SQL session, admission under the query limits, where queries run, and their
+//! audit.
 //!
 //! ```text
 //! Principal {tenant, role} ─▶ Sessions::session ─▶ SqlEngine (one per tenant and view, cached)
-//! query start ─▶ Sessions::admit ─▶ permit (at most `concurrent` running per tenant)
-//! query end   ─▶ Sessions::audit ─▶ the tenant's audit_log
+//! Sessions::admit ─▶ Query: a tenant permit (at most `concurrent_per_tenant` running) and a
+//!                   memory reservation (`memory_bytes` of the `total_memory_bytes` all share)
+//! Sessions::run(query, planning)   ─▶ query runtime ─▶ result | DEADLINE_EXCEEDED | shutting down
+//! Sessions::stream(query, batches) ─▶ query runtime ─▶ channel of 2 ─▶ the RPC's response stream
+//! Query dropped ─▶ the tenant's audit_log (ok / error: … / cancelled: …)
 //! ```
+//! Every running query has reserved its memory limit, so all of them together never hold more than
+//! `total_memory_bytes` of operator state: with the buffer limit, that bounds the process.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use vigie_engine::Engine;
-use vigie_engine::audit::AuditEvent;
 use vigie_engine::auth::{Principal, Role};
 use vigie_engine::store::TenantName;
 
+use crate::query::{Outcome, Purpose, Query};
+use crate::runtime::QueryRuntime;
 use crate::{Error, Result, SessionOptions, SqlEngine};
 
 /// The bounds every query runs within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryLimits {
-    /// Memory one query may hold (spilling operators spill beyond it, the others fail).
+    /// Memory one query may hold (spilling operators spill beyond it, the others fail), and the
+    /// largest value one function may build.
     pub memory_bytes: usize,
+    /// Memory all running queries may hold together: a query is admitted only when its
+    /// `memory_bytes` still fits.
+    pub total_memory_bytes: usize,
     /// A query still running after this long is cancelled.
     pub timeout: Duration,
     /// Queries of one tenant running at once; more are refused until one ends.
     pub concurrent_per_tenant: usize,
 }
 
+impl QueryLimits {
+    /// The default memory of one query: 1 GiB.
+    pub const DEFAULT_MEMORY_BYTES: usize = 1 << 30;
+    /// The default time limit: 5 minutes.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+    /// The default number of queries one tenant runs at once.
+    pub const DEFAULT_CONCURRENT_PER_TENANT: usize = 8;
+
+    /// The default memory of all queries together: a quarter of the machine's memory (4 GiB
+    /// when unknown), and at least one query's.
+    pub fn default_total_memory_bytes(memory_bytes: usize) -> usize {
+        vigie_engine::host::memory_share(4, 4 << 30).max(memory_bytes)
+    }
+
+    /// Whether the limits make sense, naming the setting that does not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.concurrent_per_tenant == 0 {
+            return Err("--max-concurrent-queries must be at least 1".into());
+        }
+        if self.memory_bytes < 1 << 20 {
+            return Err("--query-memory-bytes must be at least 1048576 (1 MiB)".into());
+        }
+        if self.total_memory_bytes < self.memory_bytes {
+            return Err(format!(
+                "--queries-memory-bytes ({}) must be at least --query-memory-bytes ({}): no query could run",
+                self.total_memory_bytes, self.memory_bytes
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err("--query-timeout must be longer than 0".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for QueryLimits {
     fn default() -> Self {
         Self {
-            memory_bytes: 2 << 30,
-            timeout: Duration::from_secs(300),
-            concurrent_per_tenant: 8,
+            memory_bytes: Self::DEFAULT_MEMORY_BYTES,
+            total_memory_bytes: Self::default_total_memory_bytes(Self::DEFAULT_MEMORY_BYTES),
+            timeout: Self::DEFAULT_TIMEOUT,
+            concurrent_per_tenant: Self::DEFAULT_CONCURRENT_PER_TENANT,
         }
     }
 }
 
-/// The SQL sessions of every tenant.
+/// Memory reservations are counted in MiB.
+const MIB: usize = 1 << 20;
+
+/// The SQL sessions of every tenant, and the runtime their queries run on.
 #[derive(Debug)]
 pub struct Sessions {
     engine: Arc<Engine>,
@@ -48,17 +101,30 @@ pub struct Sessions {
     /// By (tenant, whether the view includes `audit_log`).
     sessions: tokio::sync::Mutex<HashMap<(TenantName, bool), SqlEngine>>,
     running: Mutex<HashMap<TenantName, Arc<Semaphore>>>,
+    /// MiB of `total_memory_bytes` not reserved by a running query.
+    memory: Arc<Semaphore>,
+    runtime: QueryRuntime,
+    /// Cancelled at shutdown: every running query stops.
+    shutdown: CancellationToken,
 }
 
 impl Sessions {
-    /// Sessions over `engine`'s tenants, bounded by `limits`.
-    pub fn new(engine: Arc<Engine>, limits: QueryLimits) -> Self {
-        Self {
+    /// Sessions over `engine`'s tenants, bounded by `limits`, running queries on a runtime of
+    /// their own with one thread per core.
+    pub fn new(engine: Arc<Engine>, limits: QueryLimits) -> Result<Self> {
+        limits.check().map_err(Error::Parameters)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = QueryRuntime::start(threads)
+            .map_err(|e| Error::Internal(format!("cannot start the query runtime: {e}")))?;
+        Ok(Self {
             engine,
             limits,
             sessions: tokio::sync::Mutex::default(),
             running: Mutex::default(),
-        }
+            memory: Arc::new(Semaphore::new(limits.total_memory_bytes / MIB)),
+            runtime,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     /// The limits queries run within.
@@ -93,52 +159,170 @@ impl Sessions {
         Ok(session)
     }
 
-    /// A permit to run one query of `tenant`, held until the query ends.
-    pub fn admit(&self, tenant: &TenantName) -> Result<OwnedSemaphorePermit> {
+    /// Admits one query of `principal`: a permit of its tenant and its memory reservation, held
+    /// until the returned [`Query`] is dropped; its time limit starts now. A refusal is audited.
+    pub fn admit(&self, principal: &Principal, sql: &str, purpose: Purpose) -> Result<Query> {
+        let started = Instant::now();
+        self.try_admit(principal, sql, purpose, started)
+            .inspect_err(|e| self.audit(principal, sql, started.elapsed(), Outcome::of(e)))
+    }
+
+    fn try_admit(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        purpose: Purpose,
+        started: Instant,
+    ) -> Result<Query> {
+        if self.shutdown.is_cancelled() {
+            return Err(shutting_down());
+        }
+        let tenant = &principal.tenant;
         let semaphore = self
             .running
             .lock()
             .entry(tenant.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.concurrent_per_tenant)))
             .clone();
-        semaphore.try_acquire_owned().map_err(|_| {
+        let tenant_permit = semaphore.try_acquire_owned().map_err(|_| {
             Error::Busy(format!(
                 "{} queries of tenant {tenant} are already running (the limit): retry when one ends",
                 self.limits.concurrent_per_tenant
             ))
+        })?;
+        let mib = u32::try_from(self.limits.memory_bytes.div_ceil(MIB)).unwrap_or(u32::MAX);
+        let memory = self
+            .memory
+            .clone()
+            .try_acquire_many_owned(mib)
+            .map_err(|_| {
+                let total = self.limits.total_memory_bytes / MIB;
+                Error::Busy(format!(
+                    "the running queries hold {} MiB of the {total} MiB all queries may use \
+                 (--queries-memory-bytes), and a query reserves {mib} MiB \
+                 (--query-memory-bytes): retry when one ends",
+                    total.saturating_sub(self.memory.available_permits())
+                ))
+            })?;
+        Ok(Query {
+            principal: principal.clone(),
+            sql: sql.to_string(),
+            purpose,
+            started,
+            deadline: tokio::time::Instant::from_std(started + self.limits.timeout),
+            timeout: self.limits.timeout,
+            cancel: self.shutdown.child_token(),
+            rows: Arc::default(),
+            outcome: Mutex::default(),
+            tenant: self.engine.tenant(tenant),
+            _permits: (tenant_permit, memory),
         })
     }
 
-    /// Records a query in its tenant's audit log.
-    pub fn audit(
+    /// Runs `work` (planning) for `query` on the query runtime: its result, or the query's
+    /// timeout or the shutdown, whichever comes first (then `work` is aborted). A failure is
+    /// recorded as the query's outcome.
+    pub async fn run<T, F>(&self, query: &Query, work: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = self.runtime.spawn(work);
+        let result = tokio::select! {
+            biased;
+            () = query.cancel.cancelled() => Err(shutting_down()),
+            () = tokio::time::sleep_until(query.deadline) => Err(query.timed_out()),
+            joined = task => joined.unwrap_or_else(|e| Err(joined_error(&e))),
+        };
+        if let Err(e) = &result {
+            query.fail(e);
+        }
+        result
+    }
+
+    /// Runs `items` (a query's results) on the query runtime and hands them over as they come,
+    /// two at most waiting; ends with the query's timeout, the shutdown, or the first error.
+    /// The query is audited when the returned stream ends or is dropped (the client went away).
+    pub fn stream<T, S>(
         &self,
-        principal: &Principal,
-        sql: &str,
-        rows: Option<usize>,
-        duration: Duration,
-        outcome: std::result::Result<(), String>,
-    ) {
+        query: Query,
+        items: S,
+    ) -> impl Stream<Item = Result<T>> + Send + use<T, S>
+    where
+        S: Stream<Item = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let task = self.runtime.spawn(async move {
+            let mut items = std::pin::pin!(items);
+            while let Some(item) = items.next().await {
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        futures::stream::unfold(Some((receiver, task, query)), |state| async move {
+            let (mut receiver, mut task, query) = state?;
+            let next = tokio::select! {
+                biased;
+                () = query.cancel.cancelled() => Some(Err(shutting_down())),
+                () = tokio::time::sleep_until(query.deadline) => Some(Err(query.timed_out())),
+                item = receiver.recv() => match item {
+                    Some(item) => Some(item),
+                    // The producer ended: after its last item, or aborted, or it panicked.
+                    None => match (&mut task).await {
+                        Ok(()) => None,
+                        Err(e) => Some(Err(joined_error(&e))),
+                    },
+                },
+            };
+            match next {
+                Some(Ok(item)) => Some((Ok(item), Some((receiver, task, query)))),
+                Some(Err(e)) => {
+                    query.fail(&e);
+                    // Dropping the task's handle aborts it; the permits go with the query.
+                    Some((Err(e), None))
+                }
+                None => {
+                    query.end(Outcome::Ok);
+                    None
+                }
+            }
+        })
+    }
+
+    /// Cancels every running query (each answers that the server is shutting down and is
+    /// audited as cancelled), refuses new ones, and lets the query runtime's threads go.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.runtime.shutdown();
+    }
+
+    /// Records a query that never got as far as admission, or was refused by it.
+    pub fn audit(&self, principal: &Principal, sql: &str, duration: Duration, outcome: Outcome) {
         let Some(tenant) = self.engine.tenant(&principal.tenant) else {
             return;
         };
-        let mut event = AuditEvent::now(principal, "query");
-        event.detail = Some(sql.to_string());
-        event.rows = rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
-        event.duration = Some(duration);
-        let label = match &outcome {
-            Ok(()) => "ok",
-            Err(e) if e.starts_with("cancelled") => "cancelled",
-            Err(_) => "error",
-        };
-        metrics::counter!("vigie_queries_total", "tenant" => principal.tenant.to_string(), "outcome" => label)
-            .increment(1);
-        metrics::histogram!("vigie_query_seconds", "tenant" => principal.tenant.to_string())
-            .record(duration.as_secs_f64());
-        event.outcome = match outcome {
-            Ok(()) => "ok".into(),
-            Err(e) => format!("error: {e}"),
-        };
-        tenant.audit(&event);
+        crate::query::record(&tenant, principal, sql, None, duration, &outcome);
+    }
+}
+
+/// The error of a query stopped by the shutdown.
+fn shutting_down() -> Error {
+    Error::ShuttingDown(
+        "the server is shutting down and cancelled the query: retry on another server or after \
+         the restart"
+            .into(),
+    )
+}
+
+/// The error of a query task that did not return: it panicked (a bug), or the runtime stopped.
+fn joined_error(error: &tokio::task::JoinError) -> Error {
+    if error.is_cancelled() {
+        shutting_down()
+    } else {
+        Error::Internal(format!("the query failed unexpectedly: {error}"))
     }
 }
 
@@ -165,7 +349,7 @@ mod tests {
         )
         .await
         .unwrap();
-        Sessions::new(Arc::new(engine), limits)
+        Sessions::new(Arc::new(engine), limits).unwrap()
     }
 
     fn principal(tenant: &str, role: Role) -> Principal {
@@ -248,11 +432,21 @@ mod tests {
     async fn views_admission_and_memory_limit() {
         let limits = QueryLimits {
             memory_bytes: 8 << 20,
+            total_memory_bytes: 24 << 20,
             timeout: Duration::from_secs(60),
             concurrent_per_tenant: 2,
         };
         let sessions = sessions(limits).await;
         let analyst = principal("north", Role::Analyst);
+        assert!(
+            QueryLimits {
+                total_memory_bytes: 4 << 20,
+                ..limits
+            }
+            .check()
+            .unwrap_err()
+            .contains("--queries-memory-bytes")
+        );
         assert!(
             !tables(&sessions, &analyst)
                 .await
@@ -268,14 +462,19 @@ mod tests {
             Err(Error::Unavailable(_))
         ));
 
-        let north = TenantName::new("north").unwrap();
-        let first = sessions.admit(&north).unwrap();
-        let _second = sessions.admit(&north).unwrap();
-        assert!(matches!(sessions.admit(&north), Err(Error::Busy(m)) if m.contains("2 queries")));
-        // Another tenant has its own limit.
-        let _south = sessions.admit(&TenantName::new("south").unwrap()).unwrap();
+        let admit = |tenant: &str| {
+            sessions.admit(&principal(tenant, Role::Analyst), "SELECT 1", Purpose::Run)
+        };
+        let first = admit("north").unwrap();
+        let _second = admit("north").unwrap();
+        assert!(matches!(admit("north"), Err(Error::Busy(m)) if m.contains("2 queries")));
+        // Another tenant has its own count limit, but all share the memory: 3 × 8 of 24 MiB.
+        let _south = admit("south").unwrap();
+        assert!(
+            matches!(admit("south"), Err(Error::Busy(m)) if m.contains("hold 24 MiB of the 24 MiB")),
+        );
         drop(first);
-        let _third = sessions.admit(&north).unwrap();
+        let _third = admit("north").unwrap();
 
         // Over the per-query pool: a clean ResourcesExhausted; the session still answers.
         let session = sessions.session(&analyst).await.unwrap();
@@ -302,5 +501,132 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ok[0].num_rows(), 1);
+    }
+
+    /// The audit rows of tenant `north` so far: (outcome, rows).
+    async fn audited(sessions: &Sessions) -> Vec<(String, Option<i64>)> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::Int64Type;
+        let admin = sessions
+            .session(&principal("north", Role::Admin))
+            .await
+            .unwrap();
+        let batches = admin
+            .plan("SELECT outcome, rows FROM audit_log ORDER BY time")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let outcome = datafusion::arrow::compute::cast(
+                b.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let rows = b.column(1).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                out.push((
+                    outcome.as_string::<i32>().value(i).to_string(),
+                    (!rows.is_null(i)).then(|| rows.value(i)),
+                ));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn queries_end_at_their_deadline_or_the_shutdown_and_are_audited() {
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(300),
+            ..QueryLimits::default()
+        };
+        let sessions = sessions(limits).await;
+        let who = principal("north", Role::Analyst);
+
+        // Planning that never ends: answered at the deadline.
+        let query = sessions.admit(&who, "plan forever", Purpose::Plan).unwrap();
+        let started = std::time::Instant::now();
+        let err = sessions
+            .run(&query, std::future::pending::<Result<()>>())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout(m) if m.contains("300ms")),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900));
+        drop(query);
+
+        // A stream whose producer is busy inside one item, without yielding: the caller is
+        // answered at the deadline all the same.
+        let query = sessions.admit(&who, "busy", Purpose::Run).unwrap();
+        let busy = futures::stream::once(async {
+            std::thread::sleep(Duration::from_secs(2));
+            Ok::<_, Error>(1)
+        });
+        let started = std::time::Instant::now();
+        let items: Vec<_> = sessions.stream(query, busy).collect().await;
+        assert!(
+            matches!(items.as_slice(), [Err(Error::Timeout(_))]),
+            "{items:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900));
+
+        // A finished stream is audited with its rows.
+        let query = sessions.admit(&who, "three", Purpose::Run).unwrap();
+        query
+            .row_counter()
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        let items: Vec<_> = sessions
+            .stream(query, futures::stream::iter([Ok::<_, Error>(1), Ok(2)]))
+            .collect()
+            .await;
+        assert_eq!(items.len(), 2);
+
+        // The shutdown cancels a running stream and refuses new queries.
+        let query = sessions.admit(&who, "forever", Purpose::Run).unwrap();
+        let forever = sessions.stream(query, futures::stream::pending::<Result<i32>>());
+        let ended = tokio::spawn(async move { forever.collect::<Vec<_>>().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sessions.shutdown();
+        let items = ended.await.unwrap();
+        assert!(
+            matches!(items.as_slice(), [Err(Error::ShuttingDown(_))]),
+            "{items:?}"
+        );
+        assert!(matches!(
+            sessions.admit(&who, "late", Purpose::Run),
+            Err(Error::ShuttingDown(_))
+        ));
+        // A successful plan is not audited (its run is); everything else is, with its outcome.
+        let ok = sessions.admit(&who, "planned", Purpose::Plan);
+        assert!(ok.is_err());
+
+        let audit = audited(&sessions).await;
+        let outcomes: Vec<_> = audit
+            .iter()
+            .map(|(o, _)| o.split(':').next().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                "cancelled",
+                "cancelled",
+                "ok",
+                "cancelled",
+                "cancelled",
+                "cancelled"
+            ],
+            "{audit:?}"
+        );
+        assert_eq!(audit[2], ("ok".into(), Some(3)));
+        assert!(
+            audit[3]
+                .0
+                .starts_with("cancelled: the server is shutting down"),
+            "{audit:?}"
+        );
     }
 }

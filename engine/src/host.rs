@@ -1,0 +1,32 @@
+//! Facts about the machine that memory defaults are derived from.
+
+/// The machine's memory in bytes (Linux `/proc/meminfo`), `None` when unknown.
+pub fn memory_bytes() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A fraction `1/divisor` of the machine's memory, or `fallback` when it is unknown.
+pub fn memory_share(divisor: usize, fallback: usize) -> usize {
+    memory_bytes().map_or(fallback, |m| m / divisor.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_machine_has_memory() {
+        let total = super::memory_bytes();
+        if cfg!(target_os = "linux") {
+            assert!(total.is_some_and(|m| m >= 64 << 20), "{total:?}");
+        }
+        assert_eq!(super::memory_share(4, 7), total.map_or(7, |m| m / 4));
+    }
+}
