@@ -90,6 +90,13 @@ impl Default for QueryLimits {
     }
 }
 
+/// Query runtime threads per core. A cancelled query stops at its next yield point, which an
+/// operator busy inside one batch (a nested-loop join probing a large build side) reaches only
+/// seconds later. Four threads per core let the queries that follow start meanwhile, but made
+/// drones' acknowledgements 3-5x slower under attack (p99 35-50 ms → 157-261 ms in the
+/// adversarial test, debug build): one per core keeps ingest first.
+const QUERY_THREADS_PER_CORE: usize = 1;
+
 /// Memory reservations are counted in MiB.
 const MIB: usize = 1 << 20;
 
@@ -110,11 +117,11 @@ pub struct Sessions {
 
 impl Sessions {
     /// Sessions over `engine`'s tenants, bounded by `limits`, running queries on a runtime of
-    /// their own with one thread per core.
+    /// their own (see [`QUERY_THREADS_PER_CORE`]).
     pub fn new(engine: Arc<Engine>, limits: QueryLimits) -> Result<Self> {
         limits.check().map_err(Error::Parameters)?;
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let runtime = QueryRuntime::start(threads)
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = QueryRuntime::start(cores * QUERY_THREADS_PER_CORE)
             .map_err(|e| Error::Internal(format!("cannot start the query runtime: {e}")))?;
         Ok(Self {
             engine,

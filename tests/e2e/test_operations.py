@@ -127,7 +127,14 @@ def test_probes_starting_ready_draining(probed, tmp_path, pb):
     assert next(watcher).status == health_pb2.HealthCheckResponse.SERVING
     subscription = vigie_grpc.AlertsStub(grpc.insecure_channel(second.addr)).Subscribe(
         vigie_pb2.SubscribeRequest())
-    threading.Thread(target=lambda: [None for _ in subscription], daemon=True).start()
+    def drain():
+        try:
+            for _ in subscription:
+                pass
+        except grpc.RpcError:
+            pass  # the server ends the stream at shutdown
+
+    threading.Thread(target=drain, daemon=True).start()
     time.sleep(0.3)
     second.proc.send_signal(signal.SIGTERM)
     assert next(watcher).status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,18 +29,27 @@ def free_port() -> int:
 
 
 class Api:
+    """Superset's REST API with a logged-in browser session (its cookie)."""
+
     def __init__(self, base: str):
+        import http.cookiejar
+
         self.base = base
-        self.token = None
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def login(self, user: str, password: str):
+        form = urllib.parse.urlencode({"username": user, "password": password}).encode()
+        with self.opener.open(self.base + "/login/", data=form, timeout=120) as r:
+            assert r.status == 200
 
     def call(self, method: str, path: str, body=None):
         request = urllib.request.Request(
             self.base + path, method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json",
-                     **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
+            headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=120) as r:
+            with self.opener.open(request, timeout=120) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{method} {path}: {e.code} {e.read().decode()}") from None
@@ -82,9 +92,7 @@ def superset(tmp_path_factory):
         assert proc.poll() is None, (home / "superset.log").read_text()
         assert time.time() < deadline, "Superset did not start"
         time.sleep(0.5)
-    api.token = api.call("POST", "/api/v1/security/login", {
-        "username": "admin", "password": "admin", "provider": "db", "refresh": True,
-    })["access_token"]
+    api.login("admin", "admin")
     yield api
     proc.terminate()
     proc.wait(timeout=30)
@@ -101,6 +109,8 @@ def test_superset_lists_vigie_tables_and_runs_a_chart_query(superset, start_vigi
         "expose_in_sqllab": True,
     })
     database_id = database["id"]
+    listed = superset.call("GET", "/api/v1/database/")
+    assert database_id in listed["ids"], listed
 
     schemas = superset.call("GET", f"/api/v1/database/{database_id}/schemas/")["result"]
     assert "public" in schemas, schemas
