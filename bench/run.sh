@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the figures of BENCHMARKS.md: `vigie simulate` against `vigie serve`, both on this
-# machine, release build. Usage: bench/run.sh [ingest|alerts|all]
+# machine, release build. Usage: bench/run.sh [ingest|alerts|runaway|all]
 # RATES="100000" picks the alert loads (default: 10000 and 100000).
 # PIN=1 runs the server on CPU 0 and the load generator (and its alert subscriber) on CPU 1, a
 # stand-in for drones and dispatchers on other machines (the server then has one core).
@@ -60,6 +60,39 @@ if [ "$what" = alerts ] || [ "$what" = all ]; then
       "${CLIENT_CPUS[@]}" "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone $((rate * 30 / 2000)) \
         --seed 2 --start 2026-01-01T00:00:00Z --rate "$rate" --batch 100 --streams 2 --measure-alerts
       stop "$tmp/alerts-$rate-$wal"
+    done
+  done
+fi
+
+if [ "$what" = runaway ] || [ "$what" = all ]; then
+  # Ingest ack and alert p99 at 10k reports/s, alone and with four runaway queries running
+  # (issue 17's goal: the queries change neither p99 by more than 2x), interleaved, WAL fsync.
+  RUNAWAY=(
+    "SELECT count(*) FROM generate_series(1, 1000000000000)"
+    "SELECT count(*) FROM generate_series(1, 100000) a JOIN generate_series(1, 100000) b ON a.value % 7 < b.value % 11"
+    "SELECT length(string_agg(repeat('x', 1000), ',')) FROM generate_series(1, 100000000)"
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+  )
+  for run in 1 2 3; do
+    for load in none runaway; do
+      dir="$tmp/runaway-$load-$run"
+      addr=$(serve "$dir" --compact-interval 0s --query-timeout 60s)
+      pids=()
+      if [ "$load" = runaway ]; then
+        for sql in "${RUNAWAY[@]}"; do
+          # Each statement again as soon as it is cancelled, for the whole run.
+          (while kill -0 "$(cat "$dir/pid")" 2>/dev/null; do
+             "$BIN" query --endpoint "grpc://$addr" "$sql" >/dev/null 2>&1 || true
+           done) &
+          pids+=($!)
+        done
+        sleep 2
+      fi
+      echo "run $run, runaway queries: $load (10k reports/s, batches of 100, WAL fsync, 30 s):"
+      "${CLIENT_CPUS[@]}" "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 150 \
+        --seed 2 --start 2026-01-01T00:00:00Z --rate 10000 --batch 100 --streams 2 --measure-alerts
+      stop "$dir"
+      for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     done
   done
 fi

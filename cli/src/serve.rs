@@ -173,6 +173,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     ));
     health.set(Phase::Ready).await;
     info!("ready");
+    // The line scripts and tests wait for before their first call (after `listening on`, which
+    // gives the address while the WAL replays). A reader that went away is no reason to stop.
+    let _ = writeln!(stdout, "ready").and_then(|()| stdout.flush());
 
     // Flushes and maintenance encode Parquet: on their own low-priority threads.
     let background = Background::start()?;

@@ -23,7 +23,7 @@ def vigie_bin() -> str:
 class Vigie:
     """A running `vigie serve`; stopped with SIGTERM (graceful) or killed at teardown."""
 
-    def __init__(self, data_dir: Path, *args: str):
+    def __init__(self, data_dir: Path, *args: str, wait_ready: bool = True):
         self.data_dir = data_dir
         self.args = args
         self.proc = subprocess.Popen(
@@ -35,6 +35,18 @@ class Vigie:
         prefix = "listening on "
         assert line.startswith(prefix) and "://" in line, f"unexpected first line {line!r}"
         self.scheme, self.addr = line[len(prefix):].split("://", 1)
+        self.metrics = None
+        if "--metrics-addr" in args:
+            line = self.proc.stdout.readline().strip()
+            assert line.startswith("metrics on http://"), line
+            self.metrics = line.removeprefix("metrics on http://").removesuffix("/metrics")
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Waits for the `ready` line: the WAL is replayed and the tenants are open."""
+        line = self.proc.stdout.readline().strip()
+        assert line == "ready", f"unexpected line {line!r} (exit code {self.proc.poll()})"
 
     @property
     def uri(self) -> str:

@@ -21,9 +21,7 @@ def scrape(url) -> dict[str, float]:
 
 def test_metrics_count_reports_alerts_and_queries(start_vigie):
     vigie = start_vigie("--metrics-addr", "127.0.0.1:0", "--flush-interval", "300ms")
-    line = vigie.proc.stdout.readline().strip()
-    assert line.startswith("metrics on http://"), line
-    url = line[len("metrics on "):]
+    url = f"http://{vigie.metrics}/metrics"
 
     out = simulate(vigie.addr, "--drones", "5", "--reports-per-drone", "40")
     assert "accepted=200" in out

@@ -32,22 +32,14 @@ def probe(addr: str, path: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-class ProbedVigie(Vigie):
-    """A server with its metrics port; `metrics` is that address."""
-
-    def __init__(self, data_dir: Path, *args: str):
-        super().__init__(data_dir, "--metrics-addr", "127.0.0.1:0", *args)
-        line = self.proc.stdout.readline().strip()
-        assert line.startswith("metrics on http://"), line
-        self.metrics = line.removeprefix("metrics on http://").removesuffix("/metrics")
-
-
 @pytest.fixture
 def probed(tmp_path):
+    """Starts servers with a metrics port (`.metrics` is its address)."""
     started = []
 
-    def start(*args: str, data_dir: Path | None = None) -> ProbedVigie:
-        v = ProbedVigie(data_dir or tmp_path / "data", *args)
+    def start(*args: str, data_dir: Path | None = None, wait_ready: bool = True) -> Vigie:
+        v = Vigie(data_dir or tmp_path / "data", "--metrics-addr", "127.0.0.1:0", *args,
+                  wait_ready=wait_ready)
         started.append(v)
         return v
 
@@ -101,7 +93,7 @@ def test_probes_starting_ready_draining(probed, tmp_path, pb):
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
 
-    second = probed("--flush-interval", "1h", data_dir=data)
+    second = probed("--flush-interval", "1h", data_dir=data, wait_ready=False)
     status, body = probe(second.metrics, "/readyz")
     assert probe(second.metrics, "/healthz")[0] == 200
     assert (status, body.split(":")[0]) == (503, "not ready"), body
@@ -118,6 +110,7 @@ def test_probes_starting_ready_draining(probed, tmp_path, pb):
         assert time.time() < deadline, "never ready"
         time.sleep(0.05)
     assert probe(second.metrics, "/readyz") == (200, "ready\n")
+    second.wait_ready()
 
     # Draining: an open subscription holds the drain; the probe and a health watcher see it.
     from grpc_health.v1 import health_pb2, health_pb2_grpc

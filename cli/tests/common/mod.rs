@@ -28,7 +28,7 @@ pub struct Server {
 
 impl Server {
     /// Starts `vigie serve` on 127.0.0.1:0 with `data_dir` and extra arguments, and waits for its
-    /// `listening on` line.
+    /// `listening on` and `ready` lines.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let log = data_dir.with_extension("log");
         let stderr = std::fs::OpenOptions::new()
@@ -47,10 +47,9 @@ impl Server {
             .spawn()
             .expect("start vigie");
         let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
+        lines.read_line(&mut line).expect("read the listening line");
         let addr = line
             .trim()
             .strip_prefix("listening on grpc://")
@@ -61,6 +60,22 @@ impl Server {
                 )
             })
             .to_string();
+        // The engine replays its WAL after binding; calls would wait for it. Tests start once
+        // the server says it is ready.
+        loop {
+            let mut next = String::new();
+            let read = lines
+                .read_line(&mut next)
+                .expect("read the server's stdout");
+            assert!(
+                read > 0,
+                "vigie exited before it was ready; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            if next.trim() == "ready" {
+                break;
+            }
+        }
         Self {
             child: Some(child),
             addr,
