@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::schema::{DAY_COLUMN, TableKind};
 use crate::store::{Lake, TablePath, TenantName, table_path};
@@ -250,7 +250,20 @@ impl LiveTable {
             .with_partition_columns([DAY_COLUMN])
             .with_writer_properties(writer_properties(self.kind))
             .with_commit_properties(commit)
-            .await?;
+            .await;
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // A commit made elsewhere may conflict with ours (another server's metadata: two
+                // servers creating a table at once both commit one). Retried from the same
+                // snapshot, the flush would conflict again forever: the next attempt starts from
+                // the table as it is now.
+                if let Err(refresh) = self.refresh_locked(lake, &mut delta).await {
+                    warn!(tenant = %self.tenant, table = self.kind.name(), error = %refresh, "cannot refresh the table after a failed commit");
+                }
+                return Err(e.into());
+            }
+        };
         let path = table_path(&self.tenant, self.kind);
         let files = list_files(lake, &path, &written)?;
         let version = written.version();
