@@ -324,7 +324,10 @@ impl VigieFlightSql {
                 planned
             }
             _ => {
-                let rows = self.parameter_rows(&who, &handle)?;
+                // The admitted query audits the failure (not parameter_rows: one record a query).
+                let rows = handle.parameter_rows().inspect_err(|status| {
+                    query.end(Outcome::Failed(status.message().to_string()));
+                })?;
                 let session = self
                     .sessions
                     .session(&who)
