@@ -172,7 +172,10 @@ const BINDINGS_TTL: Duration = Duration::from_secs(3600);
 impl VigieFlightSql {
     /// A service answering from `sessions`, logging users in with `auth`.
     pub fn new(sessions: Arc<Sessions>, auth: Arc<Authenticator>) -> Result<Self, FlightError> {
-        let sql_info = metadata::sql_info(&datafusion::prelude::SessionContext::new().state())?;
+        let sql_info = metadata::sql_info(
+            &datafusion::prelude::SessionContext::new().state(),
+            sessions.limits().timeout,
+        )?;
         Ok(Self {
             sessions,
             auth,

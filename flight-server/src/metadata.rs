@@ -45,8 +45,12 @@ fn function_lists(state: &SessionState) -> [Vec<String>; 4] {
     lists.map(|set| set.into_iter().collect())
 }
 
-/// Everything `GetSqlInfo` answers, computed once from the session's functions.
-pub(crate) fn sql_info(state: &SessionState) -> Result<SqlInfoData, FlightError> {
+/// Everything `GetSqlInfo` answers, computed once from the session's functions and the query
+/// time limit.
+pub(crate) fn sql_info(
+    state: &SessionState,
+    statement_timeout: std::time::Duration,
+) -> Result<SqlInfoData, FlightError> {
     let mut info = SqlInfoDataBuilder::new();
     // Server.
     info.append(SqlInfo::FlightSqlServerName, "Vigie");
@@ -59,7 +63,11 @@ pub(crate) fn sql_info(state: &SessionState) -> Result<SqlInfoData, FlightError>
     info.append(SqlInfo::FlightSqlServerCancel, false);
     info.append(SqlInfo::FlightSqlServerBulkIngestion, false);
     info.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
-    info.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    // Milliseconds; 0 would mean none, and every statement has one (--query-timeout).
+    let timeout_ms = i32::try_from(statement_timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    info.append(SqlInfo::FlightSqlServerStatementTimeout, timeout_ms);
     info.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
     // SQL dialect (DataFusion's).
     info.append(SqlInfo::SqlDdlCatalog, false);

@@ -114,6 +114,7 @@ def test_sql_info_describes_the_dialect(fleet):
     assert info[0] == "Vigie"  # FLIGHT_SQL_SERVER_NAME
     assert info[3] is True  # FLIGHT_SQL_SERVER_READ_ONLY
     assert info[504] == '"'  # SQL_IDENTIFIER_QUOTE_CHAR
+    assert info[100] == 300_000  # FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT: --query-timeout, in ms
     assert info[563] is False  # SQL_TRANSACTIONS_SUPPORTED
     assert "SELECT" in info[508]  # SQL_KEYWORDS
     assert "ABS" in info[509] and "UPPER" in info[510] and "DATE_TRUNC" in info[512]
