@@ -380,7 +380,7 @@ impl Background {
             .worker_threads(2)
             .thread_name("vigie-background")
             .enable_all()
-            .on_thread_start(lower_thread_priority)
+            .on_thread_start(|| vigie_engine::host::lower_thread_priority(BACKGROUND_NICE))
             .build()
             .context("cannot start the background runtime")?;
         Ok(Self(Some(runtime)))
@@ -398,15 +398,6 @@ impl Drop for Background {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
-    }
-}
-
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with `who = 0`
-    // names the calling thread (nice values are per thread).
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
     }
 }
 

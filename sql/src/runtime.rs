@@ -38,7 +38,7 @@ impl QueryRuntime {
             .worker_threads(threads.max(1))
             .thread_name("vigie-query")
             .enable_all()
-            .on_thread_start(|| lower_thread_priority(QUERY_NICE))
+            .on_thread_start(|| vigie_engine::host::lower_thread_priority(QUERY_NICE))
             .build()?;
         let handle = runtime.handle().clone();
         Ok(Self {
@@ -89,18 +89,6 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Lowers the calling thread's CPU priority by `nice` (Linux: nice values are per thread).
-pub fn lower_thread_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with `who = 0`
-    // names the calling thread.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }
 
 #[cfg(test)]

@@ -607,9 +607,9 @@ mod tests {
             sessions.admit(&who, "late", Purpose::Run),
             Err(Error::ShuttingDown(_))
         ));
-        // A successful plan is not audited (its run is); everything else is, with its outcome.
-        let ok = sessions.admit(&who, "planned", Purpose::Plan);
-        assert!(ok.is_err());
+        // Planning is refused after the shutdown too (and audited as cancelled).
+        let planned = sessions.admit(&who, "planned", Purpose::Plan);
+        assert!(planned.is_err());
 
         let audit = audited(&sessions).await;
         let outcomes: Vec<_> = audit
