@@ -34,6 +34,9 @@ use crate::health::{Deferred, Health, Phase};
 
 pub(crate) async fn run(config: Config) -> Result<()> {
     info!(?config, "starting");
+    // Before the address is printed: a SIGTERM that arrives once a client can connect must
+    // start the graceful shutdown, not kill the process with the default action.
+    let mut signals = Signals::install()?;
     // Before anything records: the engine's counters are registered as tenants open.
     let metrics = match config.metrics_addr {
         Some(addr) => Some((crate::metrics::install()?, addr)),
@@ -212,10 +215,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         result = &mut server => {
             result.context("server task failed")?.context("server failed")?;
         }
-        () = shutdown_signal() => {
+        () = signals.recv() => {
             info!("shutdown requested: no new connections; draining");
-            tokio::spawn(async {
-                shutdown_signal().await;
+            tokio::spawn(async move {
+                signals.recv().await;
                 warn!("second signal: exiting now");
                 std::process::exit(130);
             });
@@ -440,19 +443,36 @@ fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig> {
     Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The shutdown signals (SIGTERM and Ctrl-C), handled from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Waits for the next signal.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
