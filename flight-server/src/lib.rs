@@ -149,6 +149,9 @@ struct Planned {
     schema: SchemaRef,
     plans: Vec<Arc<dyn ExecutionPlan>>,
     task: Arc<TaskContext>,
+    /// How long planning took: it counts against the statement's time limit when it runs (the
+    /// time a client waits between GetFlightInfo and DoGet does not).
+    planning: Duration,
 }
 
 impl std::fmt::Debug for VigieFlightSql {
@@ -318,15 +321,24 @@ impl VigieFlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let who = Principal::of(request)?;
         let handle = self.with_bindings(&who, handle);
+        let cached = match self.plans.take(&handle.plan) {
+            Some((planner, key, planned)) if planner == who && key == handle.statement_key() => {
+                Some(planned)
+            }
+            _ => None,
+        };
+        let now = Instant::now();
+        let started = cached
+            .as_ref()
+            .and_then(|p| now.checked_sub(p.planning))
+            .unwrap_or(now);
         let query = self
             .sessions
-            .admit(&who, &handle.sql, Purpose::Run)
+            .admit_at(&who, &handle.sql, Purpose::Run, started)
             .map_err(|e| status_of(&e))?;
-        let planned = match self.plans.take(&handle.plan) {
-            Some((planner, key, planned)) if planner == who && key == handle.statement_key() => {
-                planned
-            }
-            _ => {
+        let planned = match cached {
+            Some(planned) => planned,
+            None => {
                 // The admitted query audits the failure (not parameter_rows: one record a query).
                 let rows = handle.parameter_rows().inspect_err(|status| {
                     query.end(Outcome::Failed(status.message().to_string()));
@@ -352,6 +364,7 @@ impl VigieFlightSql {
             schema,
             plans,
             task,
+            planning: _,
         } = planned;
         let out_schema = schema.clone();
         let rows = query.row_counter();
@@ -408,6 +421,7 @@ async fn physical(
         schema,
         plans,
         task,
+        planning: started.elapsed(),
     })
 }
 

@@ -169,7 +169,19 @@ impl Sessions {
     /// Admits one query of `principal`: a permit of its tenant and its memory reservation, held
     /// until the returned [`Query`] is dropped; its time limit starts now. A refusal is audited.
     pub fn admit(&self, principal: &Principal, sql: &str, purpose: Purpose) -> Result<Query> {
-        let started = Instant::now();
+        self.admit_at(principal, sql, purpose, Instant::now())
+    }
+
+    /// [`Sessions::admit`] for a query whose time limit started at `started`: a statement
+    /// planned by one call and run by the next (Flight SQL's GetFlightInfo then DoGet) has one
+    /// time limit for its planning and its run, not one each.
+    pub fn admit_at(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        purpose: Purpose,
+        started: Instant,
+    ) -> Result<Query> {
         self.try_admit(principal, sql, purpose, started)
             .inspect_err(|e| self.audit(principal, sql, started.elapsed(), Outcome::of(e)))
     }
