@@ -10,8 +10,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use vigie_auth::{AuthStore, Principal, Role};
 use vigie_engine::audit::{AuditEvent, append_committed};
-use vigie_engine::auth::{AuthStore, Principal, Role};
 use vigie_engine::store::{Lake, TenantName};
 
 use crate::config::{Config, ServeArgs};
@@ -161,7 +161,7 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
     };
     let lake = Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
-    let mut event = AuditEvent::now(&admin, action);
+    let mut event = AuditEvent::now(&admin.name, admin.role.as_str(), action);
     event.detail = Some(detail);
     append_committed(&lake, &tenant, &[event])
         .await
@@ -177,7 +177,7 @@ fn read_password() -> Result<String> {
     if stdin.is_terminal() {
         eprint!(
             "password (at least {} characters): ",
-            vigie_engine::auth::MIN_PASSWORD_CHARS
+            vigie_auth::MIN_PASSWORD_CHARS
         );
     }
     let mut line = String::new();

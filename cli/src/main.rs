@@ -89,7 +89,7 @@ async fn compact(config: config::Config) -> Result<()> {
     use anyhow::Context;
     let lake = vigie_engine::store::Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
-    let auth = vigie_engine::auth::AuthStore::new(&config.data_dir)
+    let auth = vigie_auth::AuthStore::new(&config.data_dir)
         .load()
         .context("cannot read the credentials file")?;
     let retention = auth

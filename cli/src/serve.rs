@@ -19,13 +19,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{info, warn};
+use vigie_auth::{AuthFile, AuthLayer, AuthStore, Authenticator};
 use vigie_engine::TenantSettings;
-use vigie_engine::auth::{AuthFile, AuthStore, Authenticator};
 use vigie_engine::store::Lake;
 use vigie_engine::store::TenantName;
 use vigie_engine::{Engine, EngineArgs, WalMode};
 use vigie_flight_server::VigieFlightSql;
-use vigie_ingest::auth::AuthLayer;
 use vigie_ingest::{AlertsService, IngestService};
 use vigie_sql::Sessions;
 
@@ -200,7 +199,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .into_iter()
             .map(|tenant| {
                 let stop = stop_serving.clone();
-                vigie_ingest::webhook::start_webhook(engine.clone(), tenant, url.clone(), stop)
+                vigie_ingest::webhook::start_webhook(tenant, url.clone(), stop)
             })
             .collect::<Vec<_>>()
     });
@@ -342,7 +341,6 @@ fn start_reload(args: ReloadArgs) -> JoinHandle<Vec<JoinHandle<()>>> {
                         info!(%name, "tenant opened");
                         if let Some(url) = &args.webhook {
                             webhooks.push(vigie_ingest::webhook::start_webhook(
-                                args.engine.clone(),
                                 tenant,
                                 url.clone(),
                                 args.shutdown.clone(),

@@ -18,7 +18,9 @@ use arrow::array::{
     TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::compute::{filter, take};
-use arrow::datatypes::{DataType, Schema, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Float64Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
+};
 use datafusion::common::DFSchema;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
@@ -154,9 +156,7 @@ impl RuleSet {
                 .physical
                 .evaluate(&sightings)
                 .and_then(|v| v.into_array(sightings.num_rows()))
-                .map_err(|e| {
-                    Error::InvalidConfig(format!("alert rule {:?} failed: {e}", rule.name))
-                })?;
+                .map_err(|e| Error::Rule(format!("alert rule {:?} failed: {e}", rule.name)))?;
             let mask = value.as_boolean();
             let hits = filter(
                 &UInt32Array::from_iter_values(0..sightings.num_rows() as u32),
@@ -278,20 +278,64 @@ impl ListItems {
     }
 }
 
-/// The `Alert` messages of an alerts batch.
-pub fn alerts_to_proto(batch: &RecordBatch) -> Vec<Alert> {
-    let c = |i: usize| batch.column(i);
-    let ids = c(0).as_primitive::<arrow::datatypes::Int64Type>();
-    let rules = c(1).as_string::<i32>();
-    let drones = c(2).as_string::<i32>();
-    let seqs = c(3).as_primitive::<arrow::datatypes::Int64Type>();
-    let times = c(4).as_primitive::<TimestampMicrosecondType>();
-    let lats = c(5).as_primitive::<arrow::datatypes::Float64Type>();
-    let lons = c(6).as_primitive::<arrow::datatypes::Float64Type>();
-    let citizens = c(7).as_string::<i32>();
-    let scores = c(8).as_primitive::<arrow::datatypes::Float64Type>();
-    let raised = c(9).as_primitive::<TimestampMicrosecondType>();
-    (0..batch.num_rows())
+/// The `Alert` messages of an alerts batch, columns found by name (a stored file may order them
+/// differently or lack the partition column). A batch without the alerts columns, or with
+/// columns of other types or with nulls, is `Corrupt`: it was not written by Vigie.
+pub fn alerts_to_proto(batch: &RecordBatch) -> Result<Vec<Alert>> {
+    let schema = TableKind::Alerts.schema();
+    let column = |name: &str| -> Result<ArrayRef> {
+        let wanted = schema
+            .field_with_name(name)
+            .map_err(|e| Error::Corrupt(format!("alerts schema: {e}")))?;
+        let found = batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Corrupt(format!("the alerts have no column {name:?}")))?;
+        if found.null_count() > 0 {
+            return Err(Error::Corrupt(format!(
+                "alerts column {name:?} holds nulls"
+            )));
+        }
+        let strict = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        arrow::compute::cast_with_options(found, wanted.data_type(), &strict).map_err(|e| {
+            Error::Corrupt(format!(
+                "alerts column {name:?} is {} where {} was expected: {e}",
+                found.data_type(),
+                wanted.data_type()
+            ))
+        })
+    };
+    let ids = column("id")?;
+    let rules = column("rule")?;
+    let drones = column("drone_id")?;
+    let seqs = column("seq")?;
+    let times = column("time")?;
+    let lats = column("latitude")?;
+    let lons = column("longitude")?;
+    let citizens = column("citizen")?;
+    let scores = column("score")?;
+    let raised = column("raised_at")?;
+    let (ids, seqs) = (
+        ids.as_primitive::<Int64Type>(),
+        seqs.as_primitive::<Int64Type>(),
+    );
+    let (rules, drones, citizens) = (
+        rules.as_string::<i32>(),
+        drones.as_string::<i32>(),
+        citizens.as_string::<i32>(),
+    );
+    let (times, raised) = (
+        times.as_primitive::<TimestampMicrosecondType>(),
+        raised.as_primitive::<TimestampMicrosecondType>(),
+    );
+    let (lats, lons, scores) = (
+        lats.as_primitive::<Float64Type>(),
+        lons.as_primitive::<Float64Type>(),
+        scores.as_primitive::<Float64Type>(),
+    );
+    Ok((0..batch.num_rows())
         .map(|i| Alert {
             id: ids.value(i) as u64,
             rule: rules.value(i).to_string(),
@@ -304,7 +348,7 @@ pub fn alerts_to_proto(batch: &RecordBatch) -> Vec<Alert> {
             score: scores.value(i),
             raised_at: Some(timestamp(raised.value(i))),
         })
-        .collect()
+        .collect())
 }
 
 fn timestamp(micros: i64) -> Timestamp {
@@ -473,6 +517,7 @@ mod tests {
         .unwrap();
         let alerts = set.evaluate(&reports(), 7, 99).unwrap();
         let got: Vec<_> = alerts_to_proto(&alerts)
+            .unwrap()
             .into_iter()
             .map(|a| (a.id, a.rule, a.seq, a.citizen))
             .collect();
@@ -526,5 +571,27 @@ mod tests {
             "ended after the overflow"
         );
         assert_eq!(hub.subscribe(1).after, 3);
+    }
+
+    #[test]
+    fn alerts_of_another_schema_are_corrupt_not_a_panic() {
+        let foreign = RecordBatch::try_from_iter([
+            ("id", Arc::new(StringArray::from(vec!["one"])) as ArrayRef),
+            ("rule", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+        ])
+        .unwrap();
+        let err = alerts_to_proto(&foreign).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.contains("\"id\"")),
+            "{err}"
+        );
+        let missing =
+            RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef)])
+                .unwrap();
+        let err = alerts_to_proto(&missing).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt(m) if m.contains("no column \"rule\"")),
+            "{err}"
+        );
     }
 }

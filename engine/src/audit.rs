@@ -18,7 +18,6 @@ use arrow::array::{
 };
 
 use crate::Result;
-use crate::auth::Principal;
 use crate::schema::{TableKind, day_of_micros};
 use crate::store::{Lake, TenantName};
 use crate::table::LiveTable;
@@ -45,12 +44,13 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// An event happening now, by `principal`.
-    pub fn now(principal: &Principal, action: &str) -> Self {
+    /// An event happening now, by the principal `name` acting as `role` (the engine stores who
+    /// acted; how they proved it is `vigie-auth`'s business).
+    pub fn now(name: &str, role: &str, action: &str) -> Self {
         Self {
             time_micros: chrono::Utc::now().timestamp_micros(),
-            principal: principal.name.clone(),
-            role: principal.role.to_string(),
+            principal: name.to_string(),
+            role: role.to_string(),
             action: action.to_string(),
             detail: None,
             rows: None,

@@ -186,7 +186,7 @@ async fn reaggregate_day(
 
     let day_files: Vec<&DataFile> = files.iter().filter(|f| date_of(f.day) == day).collect();
     let removed = day_files.len() as u64;
-    let summed = crate::read_files(lake, day_files.into_iter())
+    let summed = crate::table::read_files(lake, day_files.into_iter())
         .await?
         .aggregate(
             vec![col("hour"), col("drone_id"), col("cell")],

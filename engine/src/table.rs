@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use chrono::NaiveDate;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
@@ -469,4 +470,24 @@ pub(crate) fn list_files(
         });
     }
     Ok(Arc::from(files))
+}
+
+/// The rows of committed `files` (without the partition column), read with plain Arrow types.
+pub(crate) async fn read_files(
+    lake: &Lake,
+    files: impl Iterator<Item = &DataFile>,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    let ctx = SessionContext::new_with_config(config);
+    let root = lake.root_url();
+    ctx.register_object_store(&root, lake.root_store.clone());
+    let urls: Vec<String> = files.map(|f| format!("{root}{}", f.path)).collect();
+    Ok(ctx
+        .read_parquet(urls, ParquetReadOptions::default())
+        .await?)
 }

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use vigie_engine::audit::{AuditEvent, audit_batch};
-use vigie_engine::auth::{Principal, Role};
 use vigie_engine::schema::TableKind;
 use vigie_engine::store::{Lake, TenantName};
 use vigie_engine::table::LiveTable;
@@ -31,13 +30,8 @@ async fn a_flush_after_a_conflicting_metadata_commit_elsewhere_succeeds_when_ret
         )]))
         .await
         .unwrap();
-    let principal = Principal {
-        tenant: tenant.clone(),
-        role: Role::Admin,
-        name: "user:test".into(),
-    };
     ours.push(
-        audit_batch(&[AuditEvent::now(&principal, "query")]).unwrap(),
+        audit_batch(&[AuditEvent::now("user:test", "admin", "query")]).unwrap(),
         0,
     );
     let mut failures = Vec::new();

@@ -62,8 +62,7 @@ use prost::Message;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
-use vigie_engine::Error as EngineError;
-use vigie_engine::auth::{Authenticator, Principal};
+use vigie_auth::{Access, Authenticator, Principal};
 use vigie_sql::{
     Error as SqlError, Outcome, Purpose, Sessions, SqlEngine, cast_batch, plain_schema,
 };
@@ -82,23 +81,6 @@ pub fn status_of(error: &SqlError) -> Status {
         SqlError::Timeout(m) => Status::deadline_exceeded(m.clone()),
         SqlError::Internal(m) => Status::internal(m.clone()),
         SqlError::DataFusion(e) => datafusion_status(e),
-    }
-}
-
-/// The status of a failed login (Handshake).
-fn login_status(error: &EngineError) -> Status {
-    match error {
-        EngineError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
-        EngineError::PermissionDenied(m) => Status::permission_denied(m.clone()),
-        EngineError::NotFound(m) => Status::not_found(m.clone()),
-        EngineError::Overloaded(m) => Status::resource_exhausted(m.clone()),
-        EngineError::InvalidConfig(_)
-        | EngineError::Corrupt(_)
-        | EngineError::ObjectStore(_)
-        | EngineError::Delta(_)
-        | EngineError::Arrow(_)
-        | EngineError::Wal(_)
-        | EngineError::DataFusion(_) => Status::internal(error.to_string()),
     }
 }
 
@@ -532,13 +514,7 @@ impl FlightSqlService for VigieFlightSql {
         let (who, token) = tokio::task::spawn_blocking(move || auth.login(header.as_deref()))
             .await
             .map_err(|e| Status::internal(format!("login task failed: {e}")))?
-            .map_err(|e| login_status(&e))?;
-        if !who.role.reads() {
-            return Err(Status::permission_denied(format!(
-                "{} is a {}: Flight SQL needs an analyst or admin",
-                who.name, who.role
-            )));
-        }
+            .and_then(|(who, token)| who.may(Access::Read).map(|()| (who, token)))?;
         info!(principal = %who.name, tenant = %who.tenant, "Flight SQL login");
         let answer = HandshakeResponse {
             protocol_version: 0,

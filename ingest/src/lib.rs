@@ -8,7 +8,6 @@
 //! ```
 //! Engine errors become `tonic::Status` in [`status_of`], the one place that decides codes.
 
-pub mod auth;
 pub mod webhook;
 
 use std::pin::Pin;
@@ -22,7 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
-use vigie_engine::{Engine, Error as EngineError, Tenant};
+use vigie_auth::Principal;
+use vigie_engine::{Engine, Error as EngineError, ErrorKind, Tenant};
 use vigie_proto::v1::alerts_server::{Alerts, AlertsServer};
 use vigie_proto::v1::ingest_server::{Ingest, IngestServer};
 use vigie_proto::v1::{Alert, SubscribeRequest, WriteRequest, WriteResponse};
@@ -32,21 +32,27 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The status a client sees for an engine error.
 pub fn status_of(error: &EngineError) -> Status {
-    match error {
-        EngineError::InvalidConfig(m) => Status::invalid_argument(m.clone()),
-        EngineError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
-        EngineError::PermissionDenied(m) => Status::permission_denied(m.clone()),
-        EngineError::NotFound(m) => Status::not_found(m.clone()),
-        EngineError::Overloaded(_) => Status::resource_exhausted(error.to_string()),
-        EngineError::Wal(_) => Status::unavailable(format!(
-            "{error}; the reports of this request are not acknowledged, retry"
+    let message = error.to_string();
+    match error.kind() {
+        ErrorKind::InvalidInput => Status::invalid_argument(message),
+        ErrorKind::NotFound => Status::not_found(message),
+        ErrorKind::Overloaded => Status::resource_exhausted(message),
+        ErrorKind::Unavailable => Status::unavailable(format!(
+            "{message}; the reports of this request are not acknowledged, retry"
         )),
-        EngineError::Corrupt(_)
-        | EngineError::Arrow(_)
-        | EngineError::DataFusion(_)
-        | EngineError::Delta(_)
-        | EngineError::ObjectStore(_) => Status::internal(error.to_string()),
+        ErrorKind::Storage | ErrorKind::Corrupt | ErrorKind::Internal => Status::internal(message),
     }
+}
+
+/// The open tenant of the request's principal (the auth layer of `vigie-auth` checked who calls).
+fn tenant_of<T>(engine: &Engine, request: &Request<T>) -> Result<Arc<Tenant>, Status> {
+    let principal = Principal::of(request)?;
+    engine.tenant(&principal.tenant).ok_or_else(|| {
+        Status::unavailable(format!(
+            "tenant {} is not open on this server yet: retry in a few seconds",
+            principal.tenant
+        ))
+    })
 }
 
 /// Implements `vigie.v1.Ingest`: reports go to the caller's tenant.
@@ -90,7 +96,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let tenant = auth::tenant_of(&self.engine, &request)?;
+        let tenant = tenant_of(&self.engine, &request)?;
         answer(&tenant, request.get_ref()).await.map(Response::new)
     }
 
@@ -103,7 +109,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
-        let tenant = auth::tenant_of(&self.engine, &request)?;
+        let tenant = tenant_of(&self.engine, &request)?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
         tokio::spawn(async move {
@@ -165,13 +171,13 @@ impl Alerts for AlertsService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let tenant = auth::tenant_of(&self.engine, &request)?;
+        let tenant = tenant_of(&self.engine, &request)?;
         // Subscribe first: everything up to `after` is stored, everything later arrives live.
         let subscription = tenant.hub().subscribe(self.queue);
         let from = request.get_ref().from_id.map(|from| from.max(1));
         let history = match from {
             Some(from) => tenant
-                .read_alerts(self.engine.lake(), from, subscription.after)
+                .read_alerts(from, subscription.after)
                 .await
                 .map_err(|e| status_of(&e))?,
             None => Vec::new(),

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use vigie_engine::{Engine, Tenant};
+use vigie_engine::Tenant;
 use vigie_proto::Timestamp;
 use vigie_proto::v1::Alert;
 
@@ -47,7 +47,6 @@ pub fn alert_json(tenant: &str, alert: &Alert) -> serde_json::Value {
 /// Starts the webhook task for `tenant`'s alerts (the JSON names the tenant); it ends on
 /// `shutdown`.
 pub fn start_webhook(
-    engine: Arc<Engine>,
     tenant: Arc<Tenant>,
     url: String,
     shutdown: CancellationToken,
@@ -74,10 +73,7 @@ pub fn start_webhook(
             };
             // After an overflow, deliver what was missed from the table first.
             if let Some(done) = last {
-                match tenant
-                    .read_alerts(engine.lake(), done + 1, subscription.after)
-                    .await
-                {
+                match tenant.read_alerts(done + 1, subscription.after).await {
                     Ok(missed) => {
                         for alert in missed {
                             if !deliver(&client, &url, tenant.name().as_str(), &alert, &shutdown)

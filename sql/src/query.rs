@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use vigie_auth::Principal;
 use vigie_engine::Tenant;
 use vigie_engine::audit::AuditEvent;
-use vigie_engine::auth::Principal;
 
 use crate::Error;
 
@@ -150,7 +150,7 @@ pub(crate) fn record(
     duration: Duration,
     outcome: &Outcome,
 ) {
-    let mut event = AuditEvent::now(principal, "query");
+    let mut event = AuditEvent::now(&principal.name, principal.role.as_str(), "query");
     event.detail = Some(sql.to_string());
     event.rows = rows.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
     event.duration = Some(duration);

@@ -21,8 +21,8 @@ use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use vigie_auth::{Principal, Role};
 use vigie_engine::Engine;
-use vigie_engine::auth::{Principal, Role};
 use vigie_engine::store::TenantName;
 
 use crate::query::{Outcome, Purpose, Query};

@@ -1,0 +1,110 @@
+//! What the engine is opened with: [`EngineArgs`], [`WalMode`] and each tenant's [`TenantSettings`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::alert::DEFAULT_RULE;
+use crate::store::{Lake, TenantName};
+
+/// What [`crate::Engine::open`] needs.
+#[derive(Debug, Clone)]
+pub struct EngineArgs {
+    /// Where the tables live.
+    pub lake: Lake,
+    /// Flush the buffer at least this often.
+    pub flush_interval: Duration,
+    /// Flush as soon as this many rows are buffered in a table.
+    pub flush_rows: usize,
+    /// `(drone_id, seq)` dedupe is exact for reports within this much report time of their drone's
+    /// newest report.
+    pub dedupe_window: Duration,
+    /// How accepted reports are made durable before they are acknowledged.
+    pub wal: WalMode,
+    /// Writes are refused (`Overloaded`) while the buffers hold this many bytes.
+    pub max_buffer_bytes: usize,
+    /// Alert rules as `(name, SQL boolean expression over a sighting)`; empty: the default rule
+    /// [`DEFAULT_RULE`].
+    pub alert_rules: Vec<(String, String)>,
+}
+
+impl EngineArgs {
+    /// How often the buffer is flushed by default.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+    /// Buffered rows in a table that trigger a flush by default.
+    pub const DEFAULT_FLUSH_ROWS: usize = 1_000_000;
+    /// The default dedupe window (report time).
+    pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+    /// The default buffer limit of [`EngineArgs::new`] (the server sizes its own from the
+    /// machine's memory).
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1 << 30;
+
+    /// Arguments for `lake` and `wal` with the defaults above and the default alert rule; set
+    /// fields by struct update for anything else.
+    pub fn new(lake: Lake, wal: WalMode) -> Self {
+        Self {
+            lake,
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
+            flush_rows: Self::DEFAULT_FLUSH_ROWS,
+            dedupe_window: Self::DEFAULT_DEDUPE_WINDOW,
+            wal,
+            max_buffer_bytes: Self::DEFAULT_MAX_BUFFER_BYTES,
+            alert_rules: Vec::new(),
+        }
+    }
+}
+
+/// Where the write-ahead log lives.
+#[derive(Debug, Clone)]
+pub enum WalMode {
+    /// No log: acknowledged reports not yet flushed are lost in a crash (benchmarks only).
+    Off,
+    /// Segment files under `dir/<tenant>/`, fsynced before each acknowledgement.
+    Local {
+        /// The WAL root directory.
+        dir: PathBuf,
+        /// Segment size before a new one starts.
+        segment_bytes: u64,
+        /// How long records may gather before one write + fsync.
+        max_delay: Duration,
+    },
+}
+
+/// A tenant's own settings; unset ones fall back to the server's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// The tenant.
+    pub name: TenantName,
+    /// Its alert rules as `(name, expression)`; empty: [`EngineArgs::alert_rules`].
+    pub alert_rules: Vec<(String, String)>,
+    /// Whole days older than this are deleted; `None`: the maintenance arguments' retention.
+    pub retention: Option<Duration>,
+}
+
+impl TenantSettings {
+    /// A tenant with the server's settings.
+    pub fn named(name: TenantName) -> Self {
+        Self {
+            name,
+            alert_rules: Vec::new(),
+            retention: None,
+        }
+    }
+}
+
+pub(crate) fn window_micros(window: Duration) -> i64 {
+    i64::try_from(window.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The rules a tenant runs: its own, else the server's, else the default rule.
+pub(crate) fn rules_for(
+    server: &[(String, String)],
+    tenant: &[(String, String)],
+) -> Vec<(String, String)> {
+    if !tenant.is_empty() {
+        tenant.to_vec()
+    } else if !server.is_empty() {
+        server.to_vec()
+    } else {
+        vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
+    }
+}
