@@ -84,6 +84,9 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// How long a session token lives by default.
+    pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
     /// Reads the store once; tokens from [`Authenticator::login`] live `token_ttl`.
     pub fn open(store: AuthStore, token_ttl: Duration) -> Result<Self> {
         let stamp = store.stamp();

@@ -9,12 +9,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use vigie_engine::EngineArgs;
+use vigie_engine::compaction::MaintenanceArgs;
 
-/// Options of `vigie serve`.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Options of `vigie serve` (and `vigie compact`), on the command line, in `VIGIE_*` variables
+/// and in the TOML file alike: one struct for clap and serde, so an option exists in all three
+/// or in none. Unset options are `None`; [`Config::resolve`] takes their defaults from the
+/// components that own them.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct ServeArgs {
     /// TOML file with any of the options below (command line and environment win).
     #[arg(long, env = "VIGIE_CONFIG")]
+    #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
     /// Directory for local state; the lake defaults to `<data-dir>/lake` [default: ./vigie-data].
     #[arg(long, env = "VIGIE_DATA_DIR")]
@@ -29,18 +35,21 @@ pub(crate) struct ServeArgs {
     pub(crate) grpc_addr: Option<SocketAddr>,
     /// Flush the buffer to Parquet at least this often [default: 10s].
     #[arg(long, env = "VIGIE_FLUSH_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) flush_interval: Option<Duration>,
     /// Flush as soon as a table buffers this many rows [default: 1000000].
     #[arg(long, env = "VIGIE_FLUSH_ROWS")]
     pub(crate) flush_rows: Option<usize>,
     /// Report-time window within which `(drone_id, seq)` dedupe is exact [default: 24h].
     #[arg(long, env = "VIGIE_DEDUPE_WINDOW", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) dedupe_window: Option<Duration>,
     /// Largest accepted gRPC message, in bytes [default: 16777216].
     #[arg(long, env = "VIGIE_MAX_MESSAGE_BYTES")]
     pub(crate) max_message_bytes: Option<usize>,
     /// How long a graceful shutdown waits for open streams before flushing [default: 10s].
     #[arg(long, env = "VIGIE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) shutdown_timeout: Option<Duration>,
     /// Write-ahead log: `fsync` (every acknowledged report is on disk) or `off` (benchmarks only:
     /// a crash loses the unflushed reports) [default: fsync].
@@ -52,6 +61,7 @@ pub(crate) struct ServeArgs {
     /// How long WAL records may gather before one write + fsync [default: 0s: records arriving
     /// during an fsync share the next one].
     #[arg(long, env = "VIGIE_WAL_MAX_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) wal_max_delay: Option<Duration>,
     /// WAL segment size before a new segment starts [default: 67108864].
     #[arg(long, env = "VIGIE_WAL_SEGMENT_BYTES")]
@@ -63,7 +73,9 @@ pub(crate) struct ServeArgs {
     /// An alert rule `NAME=EXPR`: a SQL boolean expression over a sighting (drone_id, seq, time,
     /// latitude, longitude, citizen, score, words). Repeatable; rules given replace the file's and
     /// the default `low_score=score < 20`. In the environment: separated by `;`.
+    /// In the file: a table of `name = "expression"`.
     #[arg(long = "alert-rule", env = "VIGIE_ALERT_RULES", value_delimiter = ';')]
+    #[serde(deserialize_with = "rules_table")]
     pub(crate) alert_rules: Vec<String>,
     /// Alerts a subscriber may have queued before its subscription ends (it resumes with
     /// `from_id`) [default: 65536].
@@ -75,6 +87,7 @@ pub(crate) struct ServeArgs {
     /// How often background maintenance runs (retention, compaction of closed days, vacuum);
     /// `0s` turns it off [default: 1h].
     #[arg(long, env = "VIGIE_COMPACT_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) compact_interval: Option<Duration>,
     /// Size of the files compaction writes [default: 268435456].
     #[arg(long, env = "VIGIE_COMPACT_TARGET_BYTES")]
@@ -82,10 +95,12 @@ pub(crate) struct ServeArgs {
     /// Files that compaction or retention removed are deleted from storage once removed this
     /// long ago; queries still running, and other servers, may read them until then [default: 1h].
     #[arg(long, env = "VIGIE_VACUUM_AFTER", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) vacuum_after: Option<Duration>,
     /// Delete whole days of every table once they ended longer ago than this (the way personal
     /// data leaves); unset keeps everything.
     #[arg(long, env = "VIGIE_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) retention: Option<Duration>,
     /// PEM certificate chain: serve the gRPC port over TLS (clients use `grpc+tls://`).
     /// Needs `--tls-key`.
@@ -96,6 +111,7 @@ pub(crate) struct ServeArgs {
     pub(crate) tls_key: Option<PathBuf>,
     /// Session tokens from a Flight SQL login (Handshake) expire after this [default: 1h].
     #[arg(long, env = "VIGIE_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) token_ttl: Option<Duration>,
     /// Memory one SQL query may use, in bytes: sorts and aggregations spill to disk beyond it,
     /// other queries (and any function building a larger value) fail with RESOURCE_EXHAUSTED
@@ -109,6 +125,7 @@ pub(crate) struct ServeArgs {
     pub(crate) queries_memory_bytes: Option<usize>,
     /// A SQL query still running after this long is cancelled [default: 5m].
     #[arg(long, env = "VIGIE_QUERY_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub(crate) query_timeout: Option<Duration>,
     /// SQL queries one tenant may run at once; more are refused with RESOURCE_EXHAUSTED
     /// [default: 8].
@@ -130,49 +147,69 @@ pub(crate) enum WalSetting {
     Off,
 }
 
-/// The TOML file: the same names as the command-line options, with `_` for `-`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    object_store: Option<String>,
-    grpc_addr: Option<SocketAddr>,
-    #[serde(default, with = "humantime_serde")]
-    flush_interval: Option<Duration>,
-    flush_rows: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    dedupe_window: Option<Duration>,
-    max_message_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    shutdown_timeout: Option<Duration>,
-    wal: Option<WalSetting>,
-    wal_dir: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde")]
-    wal_max_delay: Option<Duration>,
-    wal_segment_bytes: Option<u64>,
-    max_buffer_bytes: Option<usize>,
-    /// `name = "expression"` pairs.
-    alert_rules: Option<std::collections::BTreeMap<String, String>>,
-    alert_queue: Option<usize>,
-    alert_webhook: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde")]
-    compact_interval: Option<Duration>,
-    compact_target_bytes: Option<u64>,
-    #[serde(default, with = "humantime_serde")]
-    vacuum_after: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    retention: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    token_ttl: Option<Duration>,
-    query_memory_bytes: Option<usize>,
-    queries_memory_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    query_timeout: Option<Duration>,
-    max_concurrent_queries: Option<usize>,
-    metrics_addr: Option<SocketAddr>,
+/// The file's `[alert_rules]` table, as the command line's `NAME=EXPR` values.
+fn rules_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let rules = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    Ok(rules
+        .into_iter()
+        .map(|(name, expr)| format!("{name}={expr}"))
+        .collect())
 }
+
+impl ServeArgs {
+    /// These options over `file`'s: each one set here wins, the file fills in the rest. The
+    /// struct literal names every field, so a new option cannot be forgotten here.
+    fn over(self, file: ServeArgs) -> ServeArgs {
+        macro_rules! over {
+            ($($field:ident),* $(,)?) => {
+                ServeArgs {
+                    config: self.config,
+                    alert_rules: if self.alert_rules.is_empty() {
+                        file.alert_rules
+                    } else {
+                        self.alert_rules
+                    },
+                    $($field: self.$field.or(file.$field),)*
+                }
+            };
+        }
+        over!(
+            data_dir,
+            object_store,
+            grpc_addr,
+            flush_interval,
+            flush_rows,
+            dedupe_window,
+            max_message_bytes,
+            shutdown_timeout,
+            wal,
+            wal_dir,
+            wal_max_delay,
+            wal_segment_bytes,
+            max_buffer_bytes,
+            alert_queue,
+            alert_webhook,
+            compact_interval,
+            compact_target_bytes,
+            vacuum_after,
+            retention,
+            tls_cert,
+            tls_key,
+            token_ttl,
+            query_memory_bytes,
+            queries_memory_bytes,
+            query_timeout,
+            max_concurrent_queries,
+            metrics_addr,
+        )
+    }
+}
+
+/// The gRPC address when none is set.
+const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+/// How long a graceful shutdown waits for open streams by default.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PEM files of the gRPC port's TLS identity.
 #[derive(Debug, Clone)]
@@ -231,106 +268,75 @@ impl Config {
     pub(crate) fn resolve(args: ServeArgs) -> Result<Self> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let query_limits = query_limits(&args, &file);
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("vigie-data"));
+        let args = args.over(file);
+        let query_limits = query_limits(&args);
+        let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("vigie-data"));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
         let data_dir = data_dir
             .canonicalize()
             .with_context(|| format!("cannot resolve data dir {}", data_dir.display()))?;
-        let object_store = match args.object_store.or(file.object_store) {
+        let object_store = match args.object_store {
             Some(u) => parse_store_url(&u)?,
             None => url::Url::from_directory_path(data_dir.join("lake"))
                 .map_err(|()| anyhow::anyhow!("data dir {} is not absolute", data_dir.display()))?,
         };
         let config = Self {
             object_store,
-            grpc_addr: args
-                .grpc_addr
-                .or(file.grpc_addr)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            grpc_addr: args.grpc_addr.unwrap_or(DEFAULT_GRPC_ADDR),
             flush_interval: args
                 .flush_interval
-                .or(file.flush_interval)
                 .unwrap_or(EngineArgs::DEFAULT_FLUSH_INTERVAL),
-            flush_rows: args
-                .flush_rows
-                .or(file.flush_rows)
-                .unwrap_or(EngineArgs::DEFAULT_FLUSH_ROWS),
+            flush_rows: args.flush_rows.unwrap_or(EngineArgs::DEFAULT_FLUSH_ROWS),
             dedupe_window: args
                 .dedupe_window
-                .or(file.dedupe_window)
                 .unwrap_or(EngineArgs::DEFAULT_DEDUPE_WINDOW),
             max_message_bytes: args
                 .max_message_bytes
-                .or(file.max_message_bytes)
                 .unwrap_or(vigie_ingest::DEFAULT_MAX_MESSAGE_BYTES),
-            shutdown_timeout: args
-                .shutdown_timeout
-                .or(file.shutdown_timeout)
-                .unwrap_or(Duration::from_secs(10)),
-            wal_dir: match args.wal.or(file.wal).unwrap_or(WalSetting::Fsync) {
+            shutdown_timeout: args.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            wal_dir: match args.wal.unwrap_or(WalSetting::Fsync) {
                 WalSetting::Off => None,
-                WalSetting::Fsync => Some(
-                    args.wal_dir
-                        .or(file.wal_dir)
-                        .unwrap_or_else(|| data_dir.join("wal")),
-                ),
+                WalSetting::Fsync => Some(args.wal_dir.unwrap_or_else(|| data_dir.join("wal"))),
             },
-            wal_max_delay: args
-                .wal_max_delay
-                .or(file.wal_max_delay)
-                .unwrap_or(Duration::ZERO),
+            wal_max_delay: args.wal_max_delay.unwrap_or(Duration::ZERO),
             wal_segment_bytes: args
                 .wal_segment_bytes
-                .or(file.wal_segment_bytes)
-                .unwrap_or(64 << 20),
+                .unwrap_or(EngineArgs::DEFAULT_WAL_SEGMENT_BYTES),
             max_buffer_bytes: args
                 .max_buffer_bytes
-                .or(file.max_buffer_bytes)
                 .unwrap_or_else(default_max_buffer_bytes),
-            alert_rules: if args.alert_rules.is_empty() {
-                file.alert_rules.unwrap_or_default().into_iter().collect()
-            } else {
-                args.alert_rules
-                    .iter()
-                    .map(|r| parse_rule(r))
-                    .collect::<Result<_>>()?
-            },
-            alert_queue: args.alert_queue.or(file.alert_queue).unwrap_or(65_536),
-            alert_webhook: args.alert_webhook.or(file.alert_webhook),
-            tls: match (
-                args.tls_cert.or(file.tls_cert),
-                args.tls_key.or(file.tls_key),
-            ) {
+            alert_rules: args
+                .alert_rules
+                .iter()
+                .map(|r| parse_rule(r))
+                .collect::<Result<_>>()?,
+            alert_queue: args
+                .alert_queue
+                .unwrap_or(vigie_ingest::DEFAULT_ALERT_QUEUE),
+            alert_webhook: args.alert_webhook,
+            tls: match (args.tls_cert, args.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 (None, None) => None,
                 _ => bail!("TLS needs both --tls-cert and --tls-key (or neither)"),
             },
             compact_interval: args
                 .compact_interval
-                .or(file.compact_interval)
-                .unwrap_or(Duration::from_secs(3600)),
+                .unwrap_or(MaintenanceArgs::DEFAULT_INTERVAL),
             compact_target_bytes: args
                 .compact_target_bytes
-                .or(file.compact_target_bytes)
-                .unwrap_or(256 << 20),
+                .unwrap_or(MaintenanceArgs::DEFAULT_TARGET_FILE_BYTES),
             vacuum_after: args
                 .vacuum_after
-                .or(file.vacuum_after)
-                .unwrap_or(Duration::from_secs(3600)),
-            retention: args.retention.or(file.retention),
+                .unwrap_or(MaintenanceArgs::DEFAULT_VACUUM_AFTER),
+            retention: args.retention,
             token_ttl: args
                 .token_ttl
-                .or(file.token_ttl)
-                .unwrap_or(Duration::from_secs(3600)),
+                .unwrap_or(vigie_auth::Authenticator::DEFAULT_TOKEN_TTL),
             query_limits,
-            metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            metrics_addr: args.metrics_addr,
             data_dir,
         };
         if let Some(hook) = &config.alert_webhook {
@@ -350,11 +356,17 @@ impl Config {
         if config.alert_queue == 0 {
             bail!("--alert-queue must be at least 1");
         }
-        if config.wal_segment_bytes < 4096 {
-            bail!("--wal-segment-bytes must be at least 4096");
+        if config.wal_segment_bytes < EngineArgs::MIN_WAL_SEGMENT_BYTES {
+            bail!(
+                "--wal-segment-bytes must be at least {}",
+                EngineArgs::MIN_WAL_SEGMENT_BYTES
+            );
         }
-        if config.max_buffer_bytes < 1 << 20 {
-            bail!("--max-buffer-bytes must be at least 1048576 (1 MiB)");
+        if config.max_buffer_bytes < EngineArgs::MIN_MAX_BUFFER_BYTES {
+            bail!(
+                "--max-buffer-bytes must be at least {} (1 MiB)",
+                EngineArgs::MIN_MAX_BUFFER_BYTES
+            );
         }
         if config.flush_interval.is_zero() {
             bail!("--flush-interval must be longer than 0");
@@ -362,42 +374,42 @@ impl Config {
         if config.flush_rows == 0 {
             bail!("--flush-rows must be at least 1");
         }
-        if config.compact_target_bytes < 1 << 20 {
-            bail!("--compact-target-bytes must be at least 1048576 (1 MiB)");
+        if config.compact_target_bytes < MaintenanceArgs::MIN_TARGET_FILE_BYTES {
+            bail!(
+                "--compact-target-bytes must be at least {} (1 MiB)",
+                MaintenanceArgs::MIN_TARGET_FILE_BYTES
+            );
         }
         if config
             .retention
-            .is_some_and(|r| r < Duration::from_secs(86_400))
+            .is_some_and(|r| r < MaintenanceArgs::MIN_RETENTION)
         {
             bail!("--retention must be at least 1d: whole days are deleted");
         }
-        if config.max_message_bytes < 1024 {
-            bail!("--max-message-bytes must be at least 1024");
+        if config.max_message_bytes < vigie_ingest::MIN_MAX_MESSAGE_BYTES {
+            bail!(
+                "--max-message-bytes must be at least {}",
+                vigie_ingest::MIN_MAX_MESSAGE_BYTES
+            );
         }
         Ok(config)
     }
 }
 
-/// The query limits: command line, then file, then `QueryLimits`' defaults.
-fn query_limits(args: &ServeArgs, file: &FileConfig) -> vigie_sql::QueryLimits {
+/// The query limits: the options given, then `QueryLimits`' defaults.
+fn query_limits(args: &ServeArgs) -> vigie_sql::QueryLimits {
     use vigie_sql::QueryLimits;
     let memory_bytes = args
         .query_memory_bytes
-        .or(file.query_memory_bytes)
         .unwrap_or(QueryLimits::DEFAULT_MEMORY_BYTES);
     QueryLimits {
         memory_bytes,
         total_memory_bytes: args
             .queries_memory_bytes
-            .or(file.queries_memory_bytes)
             .unwrap_or_else(|| QueryLimits::default_total_memory_bytes(memory_bytes)),
-        timeout: args
-            .query_timeout
-            .or(file.query_timeout)
-            .unwrap_or(QueryLimits::DEFAULT_TIMEOUT),
+        timeout: args.query_timeout.unwrap_or(QueryLimits::DEFAULT_TIMEOUT),
         concurrent_per_tenant: args
             .max_concurrent_queries
-            .or(file.max_concurrent_queries)
             .unwrap_or(QueryLimits::DEFAULT_CONCURRENT_PER_TENANT),
     }
 }
@@ -417,7 +429,7 @@ fn default_max_buffer_bytes() -> usize {
     vigie_engine::host::memory_share(4, 2 << 30)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig> {
+fn read_file(path: &Path) -> Result<ServeArgs> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
@@ -463,6 +475,47 @@ mod tests {
         assert!(c.object_store.as_str().ends_with("/data/lake/"));
         assert_eq!(c.wal_dir, Some(c.data_dir.join("wal")));
         assert!(c.max_buffer_bytes >= 1 << 20);
+    }
+
+    #[test]
+    fn every_option_reads_the_same_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vigie.toml");
+        std::fs::write(
+            &file,
+            "query_timeout = \"3s\"\nwal = \"off\"\nretention = \"30d\"\n\
+             max_concurrent_queries = 2\n[alert_rules]\nvery_low = \"score <= 5\"\n",
+        )
+        .unwrap();
+        let from_file = |overrides: ServeArgs| {
+            Config::resolve(ServeArgs {
+                config: Some(file.clone()),
+                data_dir: Some(dir.path().join("data")),
+                ..overrides
+            })
+            .unwrap()
+        };
+        let c = from_file(ServeArgs::default());
+        assert_eq!(c.query_limits.timeout, Duration::from_secs(3));
+        assert_eq!(c.query_limits.concurrent_per_tenant, 2);
+        assert_eq!(c.wal_dir, None);
+        assert_eq!(c.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            c.alert_rules,
+            [("very_low".to_string(), "score <= 5".to_string())]
+        );
+        assert_eq!(c.token_ttl, vigie_auth::Authenticator::DEFAULT_TOKEN_TTL);
+        // Rules on the command line replace the file's.
+        let c = from_file(ServeArgs {
+            alert_rules: vec!["mine=score < 1".into()],
+            query_timeout: Some(Duration::from_secs(9)),
+            ..ServeArgs::default()
+        });
+        assert_eq!(
+            c.alert_rules,
+            [("mine".to_string(), "score < 1".to_string())]
+        );
+        assert_eq!(c.query_limits.timeout, Duration::from_secs(9));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::alert::DEFAULT_RULE;
 use crate::store::{Lake, TenantName};
+use crate::{Error, Result};
 
 /// What [`crate::Engine::open`] needs.
 #[derive(Debug, Clone)]
@@ -37,6 +38,38 @@ impl EngineArgs {
     /// The default buffer limit of [`EngineArgs::new`] (the server sizes its own from the
     /// machine's memory).
     pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1 << 30;
+    /// Smallest buffer limit.
+    pub const MIN_MAX_BUFFER_BYTES: usize = 1 << 20;
+    /// WAL segment size before a new segment starts, by default.
+    pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 << 20;
+    /// Smallest WAL segment size.
+    pub const MIN_WAL_SEGMENT_BYTES: u64 = 4096;
+
+    /// Checks the settings' ranges (the bounds above); [`crate::Engine::open`] calls it.
+    pub fn check(&self) -> Result<()> {
+        let invalid = |m: String| Err(Error::InvalidConfig(m));
+        if self.flush_rows == 0 {
+            return invalid("flush_rows must be at least 1".into());
+        }
+        if self.flush_interval.is_zero() {
+            return invalid("flush_interval must be longer than 0".into());
+        }
+        if self.max_buffer_bytes < Self::MIN_MAX_BUFFER_BYTES {
+            return invalid(format!(
+                "max_buffer_bytes must be at least {}",
+                Self::MIN_MAX_BUFFER_BYTES
+            ));
+        }
+        if let WalMode::Local { segment_bytes, .. } = &self.wal
+            && *segment_bytes < Self::MIN_WAL_SEGMENT_BYTES
+        {
+            return invalid(format!(
+                "the WAL segment size must be at least {} bytes",
+                Self::MIN_WAL_SEGMENT_BYTES
+            ));
+        }
+        Ok(())
+    }
 
     /// Arguments for `lake` and `wal` with the defaults above and the default alert rule; set
     /// fields by struct update for anything else.

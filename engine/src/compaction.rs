@@ -44,6 +44,19 @@ pub struct MaintenanceArgs {
     pub now: DateTime<Utc>,
 }
 
+impl MaintenanceArgs {
+    /// How often a server runs maintenance by default.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+    /// The size of the files compaction writes by default.
+    pub const DEFAULT_TARGET_FILE_BYTES: u64 = 256 << 20;
+    /// Smallest target file size (smaller files make queries open too many).
+    pub const MIN_TARGET_FILE_BYTES: u64 = 1 << 20;
+    /// How long removed files stay readable by default.
+    pub const DEFAULT_VACUUM_AFTER: Duration = Duration::from_secs(3600);
+    /// Shortest retention: whole days are deleted.
+    pub const MIN_RETENTION: Duration = Duration::from_secs(86_400);
+}
+
 /// What a maintenance run did to one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaintenanceReport {

@@ -60,14 +60,7 @@ impl Engine {
     /// Opens (creating when missing) the tables of `tenants` (the `default` tenant when empty)
     /// and rebuilds their dedupe state and buffers.
     pub async fn open(args: EngineArgs, tenants: Vec<TenantSettings>) -> Result<Self> {
-        if args.flush_rows == 0 {
-            return Err(Error::InvalidConfig("flush_rows must be at least 1".into()));
-        }
-        if args.flush_interval.is_zero() {
-            return Err(Error::InvalidConfig(
-                "flush_interval must be longer than 0".into(),
-            ));
-        }
+        args.check()?;
         // Fail on a bad rule before touching any table.
         RuleSet::compile(&rules_for(&args.alert_rules, &[]))?;
         for settings in &tenants {

@@ -29,6 +29,10 @@ use vigie_proto::v1::{Alert, SubscribeRequest, WriteRequest, WriteResponse};
 
 /// Default limit of one decoded `WriteRequest`, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Smallest accepted limit of one `WriteRequest` (a report must fit).
+pub const MIN_MAX_MESSAGE_BYTES: usize = 1024;
+/// Alerts a subscriber may have queued before its subscription ends, by default.
+pub const DEFAULT_ALERT_QUEUE: usize = 65_536;
 
 /// The status a client sees for an engine error.
 pub fn status_of(error: &EngineError) -> Status {
