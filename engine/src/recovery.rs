@@ -16,9 +16,7 @@ use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::prelude::col;
 use futures::TryStreamExt;
 use parking_lot::Mutex;
-use prost::Message;
 use tracing::info;
-use vigie_proto::v1::WriteRequest;
 
 use crate::alert::{AlertHub, RuleSet};
 use crate::args::{TenantSettings, WalMode, rules_for, window_micros};
@@ -127,12 +125,7 @@ impl Tenant {
         let mut state = self.state.lock();
         let (mut rows, mut raised) = (0, 0);
         for record in records {
-            let request = WriteRequest::decode(record.payload.as_ref()).map_err(|e| {
-                Error::Corrupt(format!(
-                    "WAL record {} is not a WriteRequest: {e}",
-                    record.position
-                ))
-            })?;
+            let request = record.request()?;
             let mut builder = ReportBatchBuilder::with_capacity(request.reports.len());
             for report in &request.reports {
                 let v = validate(report).map_err(|reason| {

@@ -27,7 +27,7 @@ use crate::rollup;
 use crate::schema::TableKind;
 use crate::store::{Lake, TenantName};
 use crate::table::{DataFile, LiveTable, TableSnapshot, read_files};
-use crate::wal::{Wal, WalPosition};
+use crate::wal::{self, Wal, WalPosition};
 use crate::{Error, Result};
 
 /// One tenant's tables and dedupe state.
@@ -277,7 +277,7 @@ impl Tenant {
                 {
                     builder.append(v, received_at);
                     if log_payload {
-                        prost::encoding::message::encode(1, v.report, &mut payload);
+                        wal::append_report(&mut payload, v.report);
                     }
                     accepted += 1;
                 } else {

@@ -1,23 +1,14 @@
-//! The write-ahead log: an accepted report is on disk, fsynced, before its `WriteResponse` leaves.
-//!
-//! ```text
-//! Tenant::write ─ append(frame) ─▶ queue ─▶ writer thread: write all queued frames, one fsync
-//!      └─ sync(position).await ◀── durable watermark ──────────┘   (group commit)
-//! flush commits Delta with txn(app_id, position) ─▶ truncate(position): delete covered segments
-//! start: replay the records after the position the last Delta commit recorded
-//! ```
-//! Segments are files `<first position, 20 digits>.wal` of frames
-//! `len u32 | crc32 u32 | position u64 | received_at i64 | payload` (little endian; the CRC covers
-//! everything after itself), positions dense from the file's name, then an end marker (a header of
-//! zeros, written with each batch and overwritten by the next) or the end of the file. A torn or
-//! corrupt tail of the last segment (a crash mid-write) is cut off and reported; damage anywhere
-//! else, or a gap between segments, stops the start with an error rather than replay garbage.
+//! [`LocalWal`]: segment files in one directory per tenant, a writer thread doing group commit
+//! (one write + fsync for every record queued meanwhile), and segment recycling.
 //!
 //! Segments are recycled: a segment every Delta commit covers is renamed to `<…>.spare` (up to
 //! [`MAX_SPARES`]) and becomes a later segment, overwritten from its start. Writing into an
 //! allocated file does not change its size, so the fsync of an acknowledgement flushes data only
 //! and does not wait for a filesystem journal commit (which on ext4 also waits for other files'
 //! writes and for the discards of deleted files): this is what keeps the fsync tail short.
+//! A torn or corrupt tail of the last segment (a crash mid-write) is cut off and reported; damage
+//! anywhere else, or a gap between segments, stops the start with an error rather than replay
+//! garbage.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -28,106 +19,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use super::segment::{
+    self, HEADER, SEGMENT_SUFFIX, SPARE_SUFFIX, count_frames, numbered, parse_segment,
+};
+use super::{DurableListener, Wal, WalPosition, WalRecord};
 use crate::{Error, Result};
-
-/// Position of a record in the log: 1 for the first record ever, then +1 per record.
-pub type WalPosition = u64;
-
-const HEADER: usize = 24;
 
 /// Covered segments kept for reuse, at most (beyond, they are deleted).
 pub const MAX_SPARES: usize = 4;
 
-const SEGMENT_SUFFIX: &str = "wal";
-const SPARE_SUFFIX: &str = "spare";
-
-/// A WAL write + fsync taking this long is logged: acknowledgements and alerts wait for it.
-const SLOW_WRITE: Duration = Duration::from_millis(100);
-
-/// Called by the WAL with the highest durable position, right after it becomes durable (on the
-/// thread that made it so: keep it short and non-blocking).
-pub type DurableListener = Box<dyn Fn(WalPosition) + Send + Sync>;
-
-/// One record read back at start.
-#[derive(Debug, Clone)]
-pub struct WalRecord {
-    /// Its position.
-    pub position: WalPosition,
-    /// When the server received it (µs since the epoch).
-    pub received_at: i64,
-    /// The encoded accepted reports (a `vigie.v1.WriteRequest`).
-    pub payload: Bytes,
-}
-
-/// A log that makes appended records durable in position order.
-#[async_trait]
-pub trait Wal: Send + Sync + fmt::Debug {
-    /// Queues a record and returns its position; it is durable once [`Wal::sync`] returns for it.
-    /// Call in the same critical section that orders the records' effects.
-    fn append(&self, received_at: i64, payload: &[u8]) -> Result<WalPosition>;
-    /// Whether appended payloads are kept (read back at start). A log that drops them lets the
-    /// writer skip encoding them.
-    fn keeps_payloads(&self) -> bool {
-        true
-    }
-    /// The position of the last appended record (0 if none).
-    fn last_position(&self) -> WalPosition;
-    /// Every record up to this position is durable.
-    fn durable_position(&self) -> WalPosition;
-    /// Installs the function told of each new durable position, so that work waiting for
-    /// durability (publishing alerts) starts at once rather than when a waiting task is next
-    /// scheduled. A log whose records are durable when appended never calls it: check
-    /// [`Wal::durable_position`] after appending.
-    fn set_listener(&self, listener: DurableListener);
-    /// Waits until every record up to `position` is durable.
-    async fn sync(&self, position: WalPosition) -> Result<()>;
-    /// Forgets the records up to `position` (they are committed elsewhere).
-    async fn truncate(&self, position: WalPosition) -> Result<()>;
-}
-
-/// No log at all: positions are counted but nothing is written. Acknowledged reports that are not
-/// yet flushed are lost in a crash. For benchmarks and throwaway setups only.
-#[derive(Debug, Default)]
-pub struct VolatileWal {
-    last: AtomicU64,
-}
-
-impl VolatileWal {
-    /// A log whose next position follows `after`.
-    pub fn new(after: WalPosition) -> Self {
-        Self {
-            last: AtomicU64::new(after),
-        }
-    }
-}
-
-#[async_trait]
-impl Wal for VolatileWal {
-    fn append(&self, _received_at: i64, _payload: &[u8]) -> Result<WalPosition> {
-        Ok(self.last.fetch_add(1, Ordering::SeqCst) + 1)
-    }
-    fn keeps_payloads(&self) -> bool {
-        false
-    }
-    fn last_position(&self) -> WalPosition {
-        self.last.load(Ordering::SeqCst)
-    }
-    fn durable_position(&self) -> WalPosition {
-        self.last_position()
-    }
-    fn set_listener(&self, _listener: DurableListener) {}
-    async fn sync(&self, _position: WalPosition) -> Result<()> {
-        Ok(())
-    }
-    async fn truncate(&self, _position: WalPosition) -> Result<()> {
-        Ok(())
-    }
-}
+/// A write + fsync slower than this is logged.
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What [`LocalWal::open`] needs.
 #[derive(Debug, Clone)]
@@ -316,14 +222,7 @@ impl Wal for LocalWal {
             .map_err(|_| Error::Wal(format!("record of {} bytes is too large", payload.len())))?;
         let mut q = self.shared.queue.lock();
         let position = q.last + 1;
-        let start = q.frames.len();
-        q.frames.extend_from_slice(&len.to_le_bytes());
-        q.frames.extend_from_slice(&[0; 4]);
-        q.frames.extend_from_slice(&position.to_le_bytes());
-        q.frames.extend_from_slice(&received_at.to_le_bytes());
-        q.frames.extend_from_slice(payload);
-        let crc = crc32fast::hash(&q.frames[start + 8..]);
-        q.frames[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        segment::encode_frame(&mut q.frames, len, position, received_at, payload);
         q.last = position;
         drop(q);
         self.shared.wake.notify_one();
@@ -412,15 +311,6 @@ impl LocalWal {
     }
 }
 
-/// `<20 digits>.<suffix>` → (number, suffix).
-fn numbered(path: &Path) -> Option<(WalPosition, &str)> {
-    let (number, suffix) = path.file_name()?.to_str()?.split_once('.')?;
-    if number.len() != 20 {
-        return None;
-    }
-    Some((number.parse().ok()?, suffix))
-}
-
 /// Makes the valid part of a segment end at `good_len`: an end marker there (the file keeps its
 /// allocated size), or the file cut when no marker fits.
 fn end_segment_at(path: &Path, len: usize, good_len: usize) -> Result<()> {
@@ -435,65 +325,6 @@ fn end_segment_at(path: &Path, len: usize, good_len: usize) -> Result<()> {
         file.set_len(good_len as u64).and_then(|()| file.sync_all())
     }
     .map_err(|e| io_error(path, "cut the torn tail of", e))
-}
-
-/// Parses the frames of a segment whose first record is `first`; returns the complete records,
-/// the length they span and, if they end otherwise than at the end of the file or at an end
-/// marker, why (a torn or damaged tail).
-fn parse_segment(data: &[u8], first: WalPosition) -> (Vec<WalRecord>, usize, Option<String>) {
-    let mut records = Vec::new();
-    let mut at = 0;
-    let mut expected = first;
-    while at < data.len() {
-        if data.len() - at >= HEADER && data[at..at + HEADER].iter().all(|b| *b == 0) {
-            // End marker: what follows is space left from an earlier use of the file.
-            return (records, at, None);
-        }
-        if data.len() - at < HEADER {
-            return (
-                records,
-                at,
-                Some(format!("{} bytes of a partial header", data.len() - at)),
-            );
-        }
-        let word = |o: usize| u32::from_le_bytes(data[at + o..at + o + 4].try_into().expect("4"));
-        let long = |o: usize| u64::from_le_bytes(data[at + o..at + o + 8].try_into().expect("8"));
-        let len = word(0) as usize;
-        let crc = word(4);
-        if data.len() - at - HEADER < len {
-            return (
-                records,
-                at,
-                Some(format!("record of {len} bytes cut short at byte {at}")),
-            );
-        }
-        let end = at + HEADER + len;
-        if crc32fast::hash(&data[at + 8..end]) != crc {
-            return (records, at, Some(format!("checksum mismatch at byte {at}")));
-        }
-        let position = long(8);
-        if position < expected {
-            // An intact record from the file's previous use: a crash came before the marker.
-            return (records, at, None);
-        }
-        if position != expected {
-            return (
-                records,
-                at,
-                Some(format!(
-                    "record {position} where {expected} was expected, at byte {at}"
-                )),
-            );
-        }
-        expected += 1;
-        records.push(WalRecord {
-            position,
-            received_at: long(16) as i64,
-            payload: Bytes::copy_from_slice(&data[at + HEADER..end]),
-        });
-        at = end;
-    }
-    (records, at, None)
 }
 
 struct Current {
@@ -562,17 +393,6 @@ fn writer_loop(shared: &Shared, max_delay: Duration) {
     if let Some(c) = current {
         let _ = c.file.sync_all();
     }
-}
-
-fn count_frames(frames: &[u8]) -> u64 {
-    let mut at = 0;
-    let mut n = 0;
-    while at < frames.len() {
-        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4")) as usize;
-        at += HEADER + len;
-        n += 1;
-    }
-    n
 }
 
 fn write_frames(
@@ -881,13 +701,5 @@ mod tests {
             assert!(durable >= position, "told {position}, read {durable}");
             assert!(waiter_saw < position, "a waiter of {position} woke first");
         }
-    }
-
-    #[tokio::test]
-    async fn volatile_counts_positions() {
-        let wal = VolatileWal::new(7);
-        assert_eq!(wal.append(0, b"x").unwrap(), 8);
-        wal.sync(8).await.unwrap();
-        assert_eq!(wal.last_position(), 8);
     }
 }
