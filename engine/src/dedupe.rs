@@ -82,13 +82,13 @@ impl DroneSeqs {
 
 /// The set of stored `(drone_id, seq)` keys within the dedupe window.
 #[derive(Debug, Default)]
-pub struct DedupeIndex {
+pub(crate) struct DedupeIndex {
     drones: HashMap<Box<str>, DroneSeqs>,
 }
 
 impl DedupeIndex {
     /// Records `(drone_id, seq)` reported at `time_micros`; false if it was already recorded.
-    pub fn insert(&mut self, drone_id: &str, seq: u64, time_micros: i64) -> bool {
+    pub(crate) fn insert(&mut self, drone_id: &str, seq: u64, time_micros: i64) -> bool {
         match self.drones.get_mut(drone_id) {
             Some(d) => d.insert(seq, time_micros),
             None => {
@@ -101,7 +101,7 @@ impl DedupeIndex {
     }
 
     /// Forgets ranges whose newest report is older than their drone's newest minus `window_micros`.
-    pub fn evict(&mut self, window_micros: i64) {
+    pub(crate) fn evict(&mut self, window_micros: i64) {
         self.drones.retain(|_, d| {
             let cutoff = d.newest_time.saturating_sub(window_micros);
             d.ranges.retain(|_, r| r.max_time >= cutoff);
@@ -111,7 +111,7 @@ impl DedupeIndex {
 
     /// Number of drones and of ranges held (the memory used is about 64 bytes per range plus the
     /// drone ids).
-    pub fn size(&self) -> (usize, usize) {
+    pub(crate) fn size(&self) -> (usize, usize) {
         (
             self.drones.len(),
             self.drones.values().map(|d| d.ranges.len()).sum(),

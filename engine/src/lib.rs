@@ -7,7 +7,7 @@
 //!                                                                  on the object store (Lake)
 //!  SQL (vigie-sql) ─▶ LiveTable::snapshot() = committed files + buffered batches, consistent
 //! ```
-//! Layout: `<lake>/tenants/<tenant>/tables/<table>/` holds one Delta table per [`TableKind`],
+//! Layout: `<lake>/tenants/<tenant>/tables/<table>/` holds one Delta table per [`schema::TableKind`],
 //! partitioned by `day`. On start, the dedupe index is rebuilt from the stored reports within the
 //! window, so a retry after a restart is still a duplicate.
 
@@ -15,19 +15,19 @@ pub mod alert;
 mod args;
 pub mod audit;
 pub mod compaction;
-pub mod dedupe;
+mod dedupe;
 mod error;
 mod flusher;
 pub mod host;
-pub mod local_disk;
+mod local_disk;
 mod recovery;
 pub mod report;
-pub mod rollup;
+mod rollup;
 pub mod schema;
 pub mod store;
 pub mod table;
 mod tenant;
-pub mod wal;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -33,17 +33,17 @@ use object_store::{
 
 /// Reads up to this many bytes per call are done in place; larger ones go to the blocking pool.
 /// A Parquet column chunk of a compacted day is usually below it; a whole large file is not.
-pub const INLINE_READ_LIMIT: u64 = 8 * 1024 * 1024;
+pub(crate) const INLINE_READ_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// `LocalFileSystem` (absolute paths, as `LocalFileSystem::new()`), reading small ranges in place.
 #[derive(Debug, Default)]
-pub struct LocalDisk {
+pub(crate) struct LocalDisk {
     inner: LocalFileSystem,
 }
 
 impl LocalDisk {
     /// The store for absolute local paths.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 

@@ -26,16 +26,16 @@ use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::{Error, Result};
 
 /// A sighting under this score counts as low (the default alert rule's threshold).
-pub const LOW_SCORE: f64 = 20.0;
+pub(crate) const LOW_SCORE: f64 = 20.0;
 
 /// Area cells are this many degrees of latitude and longitude (about 1 km around Paris).
-pub const CELL_DEGREES: f64 = 0.01;
+pub(crate) const CELL_DEGREES: f64 = 0.01;
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// The cell of a position: the south-west corner of its `CELL_DEGREES` square, e.g.
 /// `48.85,2.35`.
-pub fn cell_of(latitude: f64, longitude: f64) -> String {
+pub(crate) fn cell_of(latitude: f64, longitude: f64) -> String {
     // The nudge keeps a coordinate printed as a cell's corner (48.86) in that cell although
     // 48.86 / 0.01 is 4885.999… in binary floating point.
     let corner = |v: f64| (v / CELL_DEGREES + 1e-9).floor() * CELL_DEGREES;
@@ -51,7 +51,7 @@ struct Counts {
 }
 
 /// The rollup rows of report batches (in the `reports` schema).
-pub fn hourly(batches: &[RecordBatch]) -> Result<RecordBatch> {
+pub(crate) fn hourly(batches: &[RecordBatch]) -> Result<RecordBatch> {
     let mut groups: HashMap<(i64, String, String), Counts> = HashMap::new();
     for batch in batches {
         let column = |name: &str| {

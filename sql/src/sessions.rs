@@ -117,7 +117,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Sessions over `engine`'s tenants, bounded by `limits`, running queries on a runtime of
-    /// their own (see [`QUERY_THREADS_PER_CORE`]).
+    /// their own (see `QUERY_THREADS_PER_CORE`).
     pub fn new(engine: Arc<Engine>, limits: QueryLimits) -> Result<Self> {
         limits.check().map_err(Error::Parameters)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

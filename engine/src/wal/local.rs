@@ -30,14 +30,14 @@ use super::{DurableListener, Wal, WalPosition, WalRecord};
 use crate::{Error, Result};
 
 /// Covered segments kept for reuse, at most (beyond, they are deleted).
-pub const MAX_SPARES: usize = 4;
+pub(crate) const MAX_SPARES: usize = 4;
 
 /// A write + fsync slower than this is logged.
 const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What [`LocalWal::open`] needs.
 #[derive(Debug, Clone)]
-pub struct LocalWalArgs {
+pub(crate) struct LocalWalArgs {
     /// Directory of the segments (created if missing).
     pub dir: PathBuf,
     /// Start a new segment once the current one holds this many bytes.
@@ -95,7 +95,7 @@ impl fmt::Debug for Shared {
 
 /// A WAL in local files, with group commit on a dedicated writer thread.
 #[derive(Debug)]
-pub struct LocalWal {
+pub(crate) struct LocalWal {
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -103,7 +103,7 @@ pub struct LocalWal {
 impl LocalWal {
     /// Opens the log in `args.dir`, cutting off a torn tail, and returns the records after
     /// `args.after` for replay.
-    pub fn open(args: LocalWalArgs) -> Result<(Self, Vec<WalRecord>)> {
+    pub(crate) fn open(args: LocalWalArgs) -> Result<(Self, Vec<WalRecord>)> {
         std::fs::create_dir_all(&args.dir).map_err(|e| io_error(&args.dir, "create", e))?;
         let mut paths: Vec<(WalPosition, PathBuf)> = Vec::new();
         let mut spares = Vec::new();
@@ -165,6 +165,7 @@ impl LocalWal {
                 records = replay.len(),
                 from = replay[0].position,
                 to = last,
+                format = segment::FORMAT_VERSION,
                 "WAL: records to replay"
             );
         }

@@ -24,19 +24,18 @@ use crate::{Error, Result};
 mod local;
 mod segment;
 
-pub use local::{LocalWal, LocalWalArgs, MAX_SPARES};
-pub use segment::FORMAT_VERSION;
+pub(crate) use local::{LocalWal, LocalWalArgs};
 
 /// Position of a record in the log: 1 for the first record ever, then +1 per record.
-pub type WalPosition = u64;
+pub(crate) type WalPosition = u64;
 
 /// Called by the WAL with the highest durable position, right after it becomes durable (on the
 /// thread that made it so: keep it short and non-blocking).
-pub type DurableListener = Box<dyn Fn(WalPosition) + Send + Sync>;
+pub(crate) type DurableListener = Box<dyn Fn(WalPosition) + Send + Sync>;
 
 /// One record read back at start.
 #[derive(Debug, Clone)]
-pub struct WalRecord {
+pub(crate) struct WalRecord {
     /// Its position.
     pub position: WalPosition,
     /// When the server received it (µs since the epoch).
@@ -47,7 +46,7 @@ pub struct WalRecord {
 
 /// A log that makes appended records durable in position order.
 #[async_trait]
-pub trait Wal: Send + Sync + fmt::Debug {
+pub(crate) trait Wal: Send + Sync + fmt::Debug {
     /// Queues a record and returns its position; it is durable once [`Wal::sync`] returns for it.
     /// Call in the same critical section that orders the records' effects.
     fn append(&self, received_at: i64, payload: &[u8]) -> Result<WalPosition>;
@@ -74,13 +73,13 @@ pub trait Wal: Send + Sync + fmt::Debug {
 /// No log at all: positions are counted but nothing is written. Acknowledged reports that are not
 /// yet flushed are lost in a crash. For benchmarks and throwaway setups only.
 #[derive(Debug, Default)]
-pub struct VolatileWal {
+pub(crate) struct VolatileWal {
     last: AtomicU64,
 }
 
 impl VolatileWal {
     /// A log whose next position follows `after`.
-    pub fn new(after: WalPosition) -> Self {
+    pub(crate) fn new(after: WalPosition) -> Self {
         Self {
             last: AtomicU64::new(after),
         }
@@ -120,7 +119,7 @@ pub(crate) fn append_report(payload: &mut Vec<u8>, report: &DroneReport) {
 
 impl WalRecord {
     /// The accepted reports of this record.
-    pub fn request(&self) -> Result<WriteRequest> {
+    pub(crate) fn request(&self) -> Result<WriteRequest> {
         WriteRequest::decode(self.payload.as_ref()).map_err(|e| {
             Error::Corrupt(format!(
                 "WAL record {} is not a WriteRequest: {e}",

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use super::{WalPosition, WalRecord};
 
 /// The version of the format written and read here.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// The suffix of the segment files of this version.
 pub(crate) const SEGMENT_SUFFIX: &str = "wal";
 /// The suffix of a recycled segment waiting for reuse.
