@@ -27,6 +27,8 @@ pub mod schema;
 pub mod store;
 pub mod table;
 mod tenant;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod wal;
 
 use std::collections::BTreeMap;

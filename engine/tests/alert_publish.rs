@@ -4,46 +4,23 @@
 
 use std::time::Duration;
 
-use url::Url;
-use vigie_engine::store::Lake;
-use vigie_engine::{Engine, EngineArgs, WalMode};
-use vigie_proto::Timestamp;
-use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
+use vigie_engine::testing::{self, NEW_YEAR_2026, manual_flush, memory_lake};
+use vigie_engine::{Engine, WalMode};
+use vigie_proto::v1::WriteRequest;
 
 fn request(seq: u64, score: f64) -> WriteRequest {
-    WriteRequest {
-        reports: vec![DroneReport {
-            drone_id: "d1".into(),
-            seq,
-            time: Some(Timestamp {
-                seconds: 1_767_225_600 + seq as i64 * 60,
-                nanos: 0,
-            }),
-            latitude: 48.85,
-            longitude: 2.35,
-            citizens: vec![Citizen {
-                name: format!("citizen-{seq}"),
-                score,
-            }],
-            words: vec!["emeute".into()],
-        }],
-    }
+    let citizen = format!("citizen-{seq}");
+    testing::request([testing::report(
+        "d1",
+        seq,
+        NEW_YEAR_2026 + seq as i64 * 60,
+        &[(&citizen, score)],
+        &["emeute"],
+    )])
 }
 
 async fn engine(wal: WalMode) -> Engine {
-    Engine::open(
-        EngineArgs {
-            flush_interval: Duration::from_secs(3600),
-            flush_rows: usize::MAX,
-            ..EngineArgs::new(
-                Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap(),
-                wal,
-            )
-        },
-        Vec::new(),
-    )
-    .await
-    .unwrap()
+    testing::engine(manual_flush(memory_lake(), wal)).await
 }
 
 async fn published_before_the_write_is_awaited(wal: WalMode) {

@@ -3,36 +3,23 @@
 //! server does not panic.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use object_store::ObjectStoreExt as _;
 use parquet::arrow::ArrowWriter;
-use url::Url;
 use vigie_engine::schema::TableKind;
-use vigie_engine::store::Lake;
-use vigie_engine::{Engine, EngineArgs, Error, ErrorKind, WalMode};
-use vigie_proto::Timestamp;
-use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
+use vigie_engine::testing::{self, NEW_YEAR_2026, manual_flush, memory_lake};
+use vigie_engine::{Error, ErrorKind, WalMode};
+use vigie_proto::v1::WriteRequest;
 
 fn alarming_report() -> WriteRequest {
-    WriteRequest {
-        reports: vec![DroneReport {
-            drone_id: "d1".into(),
-            seq: 1,
-            time: Some(Timestamp {
-                seconds: 1_767_225_600,
-                nanos: 0,
-            }),
-            latitude: 48.85,
-            longitude: 2.35,
-            citizens: vec![Citizen {
-                name: "Ana".into(),
-                score: 5.0,
-            }],
-            words: Vec::new(),
-        }],
-    }
+    testing::request([testing::report(
+        "d1",
+        1,
+        NEW_YEAR_2026,
+        &[("Ana", 5.0)],
+        &[],
+    )])
 }
 
 fn parquet_of(batch: &RecordBatch) -> Vec<u8> {
@@ -45,13 +32,7 @@ fn parquet_of(batch: &RecordBatch) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_alerts_file_of_another_schema_is_corrupt_and_named() {
-    let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
-    let args = EngineArgs {
-        flush_interval: Duration::from_secs(3600),
-        flush_rows: usize::MAX,
-        ..EngineArgs::new(lake, WalMode::Off)
-    };
-    let engine = Engine::open(args, Vec::new()).await.unwrap();
+    let engine = testing::engine(manual_flush(memory_lake(), WalMode::Off)).await;
     let tenant = engine.default_tenant().unwrap();
     assert_eq!(tenant.write(&alarming_report()).await.unwrap().accepted, 1);
     engine.flush_all().await.unwrap();

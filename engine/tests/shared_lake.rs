@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use vigie_engine::audit::{AuditEvent, audit_batch};
 use vigie_engine::schema::TableKind;
-use vigie_engine::store::{Lake, TenantName};
+use vigie_engine::store::TenantName;
 use vigie_engine::table::LiveTable;
 
 #[tokio::test]
 async fn a_flush_after_a_conflicting_metadata_commit_elsewhere_succeeds_when_retried() {
-    let lake = Lake::open(&url::Url::parse("memory:///lake").unwrap()).unwrap();
+    let lake = vigie_engine::testing::memory_lake();
     let tenant = TenantName::new("north").unwrap();
     let ours = LiveTable::open(&lake, &tenant, TableKind::Audit, Arc::default())
         .await

@@ -9,10 +9,10 @@ use deltalake::parquet::basic::Encoding;
 use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use url::Url;
 use vigie_engine::compaction::{MaintenanceArgs, maintain};
 use vigie_engine::schema::TableKind;
 use vigie_engine::store::Lake;
+use vigie_engine::testing;
 use vigie_engine::{Engine, EngineArgs, WalMode};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
@@ -112,18 +112,12 @@ fn files_per_day(engine: &Engine, kind: TableKind) -> Vec<usize> {
 
 #[tokio::test]
 async fn compaction_retention_and_vacuum() {
-    let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
-    let engine = Engine::open(
-        EngineArgs {
-            flush_interval: Duration::from_secs(3600),
-            flush_rows: usize::MAX,
-            dedupe_window: Duration::from_secs(30 * 86_400),
-            ..EngineArgs::new(lake.clone(), WalMode::Off)
-        },
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let lake = testing::memory_lake();
+    let engine = testing::engine(EngineArgs {
+        dedupe_window: Duration::from_secs(30 * 86_400),
+        ..testing::manual_flush(lake.clone(), WalMode::Off)
+    })
+    .await;
     let tenant = engine.default_tenant().unwrap();
     for r in 0..4 {
         assert_eq!(tenant.write(&round(r)).await.unwrap().accepted, 9);

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::physical_plan::displayable;
-use url::Url;
-use vigie_engine::store::Lake;
+use vigie_engine::testing;
 use vigie_engine::{Engine, EngineArgs, Tenant, WalMode};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
@@ -49,16 +48,12 @@ async fn fixture() -> SqlEngine {
 
 /// The fixture's engine and tenant too, to write and flush more.
 async fn fixture_parts() -> (Engine, Arc<Tenant>, SqlEngine) {
-    let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
-    let engine = Engine::open(
-        EngineArgs {
-            flush_interval: Duration::from_secs(3600),
-            ..EngineArgs::new(lake.clone(), WalMode::Off)
-        },
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let lake = testing::memory_lake();
+    let engine = testing::engine(EngineArgs {
+        flush_interval: Duration::from_secs(3600),
+        ..EngineArgs::new(lake.clone(), WalMode::Off)
+    })
+    .await;
     let tenant = engine.default_tenant().unwrap();
     for range in [0..2_000, 2_000..4_000] {
         tenant.write(&reports(range)).await.unwrap();

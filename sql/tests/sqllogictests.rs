@@ -10,9 +10,8 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::TryStreamExt;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
-use url::Url;
-use vigie_engine::store::Lake;
-use vigie_engine::{Engine, EngineArgs, WalMode};
+use vigie_engine::testing;
+use vigie_engine::{EngineArgs, WalMode};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::{Citizen, DroneReport, WriteRequest};
 use vigie_sql::SqlEngine;
@@ -123,16 +122,11 @@ fn report(
 }
 
 async fn fixture() -> SqlEngine {
-    let lake = Lake::open(&Url::parse("memory:///lake").unwrap()).unwrap();
-    let engine = Engine::open(
-        EngineArgs {
-            flush_interval: Duration::from_secs(3600),
-            ..EngineArgs::new(lake, WalMode::Off)
-        },
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let engine = testing::engine(EngineArgs {
+        flush_interval: Duration::from_secs(3600),
+        ..EngineArgs::new(testing::memory_lake(), WalMode::Off)
+    })
+    .await;
     let tenant = engine.default_tenant().unwrap();
     let first = WriteRequest {
         reports: vec![
