@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the figures of BENCHMARKS.md: `vigie simulate` against `vigie serve`, both on this
-# machine, release build. Usage: bench/run.sh [ingest|alerts|runaway|all]
+# machine, release build. Usage: bench/run.sh [ingest|alerts|runaway|cluster|all]
 # RATES="100000" picks the alert loads (default: 10000 and 100000).
 # PIN=1 runs the server on CPU 0 and the load generator (and its alert subscriber) on CPU 1, a
 # stand-in for drones and dispatchers on other machines (the server then has one core).
@@ -95,4 +95,48 @@ if [ "$what" = runaway ] || [ "$what" = all ]; then
       for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     done
   done
+fi
+
+if [ "$what" = cluster ] || [ "$what" = all ]; then
+  # Ingest into one node whose WAL is a 3-node NATS JetStream cluster (R3, sync_interval: always,
+  # all on this machine's 2 cores) vs the local WAL, interleaved; then alert latency at 10k/s.
+  NATS="${NATS_SERVER:-$(command -v nats-server || echo "$PWD/.venv/bin/nats-server")}"
+  urls=()
+  for i in 0 1 2; do
+    mkdir -p "$tmp/nats-$i"
+    routes=""
+    for j in 0 1 2; do [ "$j" != "$i" ] && routes="$routes nats://127.0.0.1:$((16222 + j)),"; done
+    cat >"$tmp/nats-$i.conf" <<CONF
+server_name: n$i
+listen: "127.0.0.1:$((14222 + i))"
+http: "127.0.0.1:$((18222 + i))"
+jetstream { store_dir: "$tmp/nats-$i", sync_interval: always }
+cluster { name: vigie, listen: "127.0.0.1:$((16222 + i))", routes: [${routes%,}] }
+CONF
+    "$NATS" -c "$tmp/nats-$i.conf" >"$tmp/nats-$i/log" 2>&1 &
+    echo $! >"$tmp/nats-$i/pid"
+    urls+=("nats://127.0.0.1:$((14222 + i))")
+  done
+  for _ in $(seq 100); do
+    curl -sf http://127.0.0.1:18222/jsz | grep -q '"leader"' && break
+    sleep 0.2
+  done
+  stream=$(IFS=,; echo "${urls[*]}")
+  for run in 1 2 3; do
+    for wal in fsync stream; do
+      if [ "$wal" = stream ]; then args=(--stream "$stream"); else args=(--wal fsync); fi
+      # A fresh lake per run; the stream outlives it (one per tenant): other drones each run.
+      dir="$tmp/cluster-$wal-$run"
+      addr=$(serve "$dir" "${args[@]}" --compact-interval 0s)
+      printf 'cluster ingest wal=%-6s run %s: ' "$wal" "$run"
+      "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 250 --seed "$run" \
+        --first-drone $((run * 10000)) --start 2026-01-01T00:00:00Z --batch 1000 --streams 4
+      stop "$dir"
+    done
+  done
+  addr=$(serve "$tmp/cluster-alerts" --stream "$stream" --compact-interval 0s)
+  echo "alerts at 10000 reports/s (batches of 100, WAL on JetStream R3, 30 s):"
+  "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 150 --seed 9 --first-drone 90000 \
+    --start 2026-03-01T00:00:00Z --rate 10000 --batch 100 --streams 2 --measure-alerts
+  stop "$tmp/cluster-alerts"
 fi

@@ -66,6 +66,31 @@ pub(crate) struct ServeArgs {
     /// WAL segment size before a new segment starts [default: 67108864].
     #[arg(long, env = "VIGIE_WAL_SEGMENT_BYTES")]
     pub(crate) wal_segment_bytes: Option<u64>,
+    /// Cluster mode: NATS JetStream servers (`nats://h1:4222,h2:4222,…`, any of the cluster's)
+    /// hold the write-ahead log instead of local disk, one replicated stream per tenant, so an
+    /// acknowledged report survives the loss of this machine. Replaces `--wal`.
+    #[arg(long, env = "VIGIE_STREAM")]
+    pub(crate) stream: Option<String>,
+    /// Replicas of each stream Vigie creates [default: 3].
+    #[arg(long, env = "VIGIE_STREAM_REPLICAS")]
+    pub(crate) stream_replicas: Option<usize>,
+    /// How long a record may wait for JetStream's acknowledgement, retries across a leader
+    /// election included, before writes fail [default: 30s].
+    #[arg(long, env = "VIGIE_STREAM_PUBLISH_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) stream_publish_timeout: Option<Duration>,
+    /// NATS user (with `--stream-password`).
+    #[arg(long, env = "VIGIE_STREAM_USER", requires = "stream_password")]
+    pub(crate) stream_user: Option<String>,
+    /// NATS password of `--stream-user` (prefer the environment variable).
+    #[arg(long, env = "VIGIE_STREAM_PASSWORD", requires = "stream_user")]
+    pub(crate) stream_password: Option<String>,
+    /// NATS token (prefer the environment variable).
+    #[arg(long, env = "VIGIE_STREAM_TOKEN")]
+    pub(crate) stream_token: Option<String>,
+    /// PEM root certificates to trust for `tls://` NATS servers [default: the system's].
+    #[arg(long, env = "VIGIE_STREAM_TLS_CA")]
+    pub(crate) stream_tls_ca: Option<PathBuf>,
     /// Refuse writes (RESOURCE_EXHAUSTED) while this many bytes wait for the object store
     /// [default: a quarter of the machine's memory].
     #[arg(long, env = "VIGIE_MAX_BUFFER_BYTES")]
@@ -186,6 +211,13 @@ impl ServeArgs {
             wal_dir,
             wal_max_delay,
             wal_segment_bytes,
+            stream,
+            stream_replicas,
+            stream_publish_timeout,
+            stream_user,
+            stream_password,
+            stream_token,
+            stream_tls_ca,
             max_buffer_bytes,
             alert_queue,
             alert_webhook,
@@ -203,6 +235,37 @@ impl ServeArgs {
             metrics_addr,
         )
     }
+}
+
+/// The cluster mode's stream settings, if `--stream` is set (ranges are checked by the engine).
+fn stream_settings(args: &ServeArgs) -> Result<Option<vigie_engine::StreamSettings>> {
+    let Some(servers) = &args.stream else {
+        return Ok(None);
+    };
+    let servers: Vec<String> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if servers.is_empty() {
+        bail!("--stream needs at least one NATS server URL, e.g. nats://127.0.0.1:4222");
+    }
+    let mut settings = vigie_engine::StreamSettings::new(servers);
+    if let Some(replicas) = args.stream_replicas {
+        settings.replicas = replicas;
+    }
+    if let Some(timeout) = args.stream_publish_timeout {
+        settings.publish_timeout = timeout;
+    }
+    settings.user = match (&args.stream_user, &args.stream_password) {
+        (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+        (None, None) => None,
+        _ => bail!("NATS credentials need both stream_user and stream_password (or neither)"),
+    };
+    settings.token = args.stream_token.clone();
+    settings.tls_ca = args.stream_tls_ca.clone();
+    Ok(Some(settings))
 }
 
 /// The gRPC address when none is set.
@@ -241,8 +304,10 @@ pub(crate) struct Config {
     pub(crate) dedupe_window: Duration,
     pub(crate) max_message_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
-    /// `None` when the WAL is off.
+    /// `None` when the WAL is off or on a stream.
     pub(crate) wal_dir: Option<PathBuf>,
+    /// `Some`: cluster mode, the WAL on NATS JetStream.
+    pub(crate) stream: Option<vigie_engine::StreamSettings>,
     pub(crate) wal_max_delay: Duration,
     pub(crate) wal_segment_bytes: u64,
     pub(crate) max_buffer_bytes: usize,
@@ -272,6 +337,7 @@ impl Config {
         };
         let args = args.over(file);
         let query_limits = query_limits(&args);
+        let stream = stream_settings(&args)?;
         let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("vigie-data"));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -283,6 +349,9 @@ impl Config {
             None => url::Url::from_directory_path(data_dir.join("lake"))
                 .map_err(|()| anyhow::anyhow!("data dir {} is not absolute", data_dir.display()))?,
         };
+        if stream.is_some() && (args.wal.is_some() || args.wal_dir.is_some()) {
+            bail!("--stream puts the write-ahead log on NATS JetStream: drop --wal and --wal-dir");
+        }
         let config = Self {
             object_store,
             grpc_addr: args.grpc_addr.unwrap_or(DEFAULT_GRPC_ADDR),
@@ -298,6 +367,7 @@ impl Config {
                 .unwrap_or(vigie_ingest::DEFAULT_MAX_MESSAGE_BYTES),
             shutdown_timeout: args.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             wal_dir: match args.wal.unwrap_or(WalSetting::Fsync) {
+                _ if stream.is_some() => None,
                 WalSetting::Off => None,
                 WalSetting::Fsync => Some(args.wal_dir.unwrap_or_else(|| data_dir.join("wal"))),
             },
@@ -305,6 +375,7 @@ impl Config {
             wal_segment_bytes: args
                 .wal_segment_bytes
                 .unwrap_or(EngineArgs::DEFAULT_WAL_SEGMENT_BYTES),
+            stream,
             max_buffer_bytes: args
                 .max_buffer_bytes
                 .unwrap_or_else(default_max_buffer_bytes),

@@ -140,9 +140,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 flush_interval: config.flush_interval,
                 flush_rows: config.flush_rows,
                 dedupe_window: config.dedupe_window,
-                wal: match &config.wal_dir {
-                    None => WalMode::Off,
-                    Some(dir) => WalMode::Local {
+                wal: match (&config.stream, &config.wal_dir) {
+                    (Some(stream), _) => WalMode::Stream(stream.clone()),
+                    (None, None) => WalMode::Off,
+                    (None, Some(dir)) => WalMode::Local {
                         dir: dir.clone(),
                         segment_bytes: config.wal_segment_bytes,
                         max_delay: config.wal_max_delay,

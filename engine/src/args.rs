@@ -68,6 +68,9 @@ impl EngineArgs {
                 Self::MIN_WAL_SEGMENT_BYTES
             ));
         }
+        if let WalMode::Stream(stream) = &self.wal {
+            stream.check()?;
+        }
         Ok(())
     }
 
@@ -100,6 +103,82 @@ pub enum WalMode {
         /// How long records may gather before one write + fsync.
         max_delay: Duration,
     },
+    /// One replicated NATS JetStream stream per tenant: an acknowledged report survives the
+    /// loss of this machine, and another server opening the tenant takes the stream over.
+    Stream(StreamSettings),
+}
+
+/// Where and how to reach the NATS JetStream cluster of [`WalMode::Stream`].
+#[derive(Clone)]
+pub struct StreamSettings {
+    /// Server URLs (`nats://host:port` or `tls://host:port`), any of the cluster's nodes.
+    pub servers: Vec<String>,
+    /// Replicas of each stream Vigie creates (3: a PubAck means stored on 2 of 3 servers).
+    pub replicas: usize,
+    /// How long a record may wait for its PubAck, retries across a leader election included,
+    /// before writes fail.
+    pub publish_timeout: Duration,
+    /// User and password, if the servers require them.
+    pub user: Option<(String, String)>,
+    /// A token, if the servers require one.
+    pub token: Option<String>,
+    /// PEM root certificates to trust for `tls://` servers (the system's otherwise).
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl StreamSettings {
+    /// Replicas of a stream by default.
+    pub const DEFAULT_REPLICAS: usize = 3;
+    /// Most replicas JetStream allows.
+    pub const MAX_REPLICAS: usize = 5;
+    /// How long a record may wait for its PubAck by default.
+    pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Settings for `servers` with the defaults above and no credentials.
+    pub fn new(servers: Vec<String>) -> Self {
+        Self {
+            servers,
+            replicas: Self::DEFAULT_REPLICAS,
+            publish_timeout: Self::DEFAULT_PUBLISH_TIMEOUT,
+            user: None,
+            token: None,
+            tls_ca: None,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.servers.is_empty() {
+            return Err(Error::InvalidConfig(
+                "the stream needs at least one NATS server URL".into(),
+            ));
+        }
+        if !(1..=Self::MAX_REPLICAS).contains(&self.replicas) {
+            return Err(Error::InvalidConfig(format!(
+                "stream replicas must be between 1 and {}",
+                Self::MAX_REPLICAS
+            )));
+        }
+        if self.publish_timeout < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig(
+                "the stream publish timeout must be at least 1s".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for StreamSettings {
+    // Credentials stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSettings")
+            .field("servers", &self.servers)
+            .field("replicas", &self.replicas)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
 }
 
 /// A tenant's own settings; unset ones fall back to the server's.

@@ -37,7 +37,7 @@ use std::sync::atomic::AtomicUsize;
 
 use tokio::sync::Notify;
 
-pub use crate::args::{EngineArgs, TenantSettings, WalMode};
+pub use crate::args::{EngineArgs, StreamSettings, TenantSettings, WalMode};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::tenant::{PendingWrite, Tenant};
 
@@ -56,6 +56,8 @@ pub struct Engine {
     writer_id: String,
     flush_now: Arc<Notify>,
     gauge: Arc<AtomicUsize>,
+    /// The JetStream connection of [`WalMode::Stream`], shared by every tenant's log.
+    jetstream: Option<async_nats::jetstream::Context>,
 }
 
 impl Engine {
@@ -69,9 +71,15 @@ impl Engine {
             RuleSet::compile(&rules_for(&args.alert_rules, &settings.alert_rules))
                 .map_err(|e| Error::InvalidConfig(format!("tenant {}: {e}", settings.name)))?;
         }
-        let writer_id = match &args.wal {
-            WalMode::Off => "volatile".to_string(),
-            WalMode::Local { dir, .. } => writer_id(dir)?,
+        let (writer_id, jetstream) = match &args.wal {
+            WalMode::Off => ("volatile".to_string(), None),
+            WalMode::Local { dir, .. } => (writer_id(dir)?, None),
+            // Every owner of a tenant's stream commits under the same id: a new owner resumes
+            // where the last commit of any owner left off.
+            WalMode::Stream(settings) => (
+                "jetstream".to_string(),
+                Some(crate::wal::connect(settings).await?),
+            ),
         };
         let engine = Self {
             args,
@@ -80,6 +88,7 @@ impl Engine {
             writer_id,
             flush_now: Arc::new(Notify::new()),
             gauge: Arc::new(AtomicUsize::new(0)),
+            jetstream,
         };
         let tenants = if tenants.is_empty() {
             vec![TenantSettings::named(TenantName::default_tenant())]

@@ -25,7 +25,9 @@ use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::table::{LiveTable, read_files};
 use crate::tenant::{Tenant, TenantCounters, WriteState};
-use crate::wal::{LocalWal, LocalWalArgs, VolatileWal, Wal, WalPosition, WalRecord};
+use crate::wal::{
+    LocalWal, LocalWalArgs, StreamWal, StreamWalArgs, VolatileWal, Wal, WalPosition, WalRecord,
+};
 use crate::{Engine, Error, Result};
 
 impl Tenant {
@@ -61,6 +63,20 @@ impl Tenant {
                     max_delay: *max_delay,
                     after: committed,
                 })?;
+                (Box::new(wal), replay)
+            }
+            WalMode::Stream(settings) => {
+                let context = engine.jetstream.clone().ok_or_else(|| {
+                    Error::InvalidConfig("the engine has no JetStream connection".into())
+                })?;
+                let (wal, replay) = StreamWal::open(StreamWalArgs {
+                    context,
+                    tenant: name.clone(),
+                    replicas: settings.replicas,
+                    publish_timeout: settings.publish_timeout,
+                    after: committed,
+                })
+                .await?;
                 (Box::new(wal), replay)
             }
         };

@@ -210,6 +210,18 @@ impl LiveTable {
     ///
     /// On error nothing is dropped from the buffer: the next flush retries the same rows.
     pub async fn flush(&self, lake: &Lake, app_id: &str) -> Result<FlushOutcome> {
+        self.flush_upto(lake, app_id, WalPosition::MAX).await
+    }
+
+    /// [`LiveTable::flush`] of the rows whose WAL record is at or before `durable`: a row whose
+    /// record is not durable (its write is not acknowledged, and may never be, when the log
+    /// failed or another server fenced this one) is never committed.
+    pub async fn flush_upto(
+        &self,
+        lake: &Lake,
+        app_id: &str,
+        durable: WalPosition,
+    ) -> Result<FlushOutcome> {
         let mut delta = self.delta.lock().await;
         let idle = self.state.read().chunks.is_empty();
         if idle {
@@ -220,7 +232,12 @@ impl LiveTable {
         }
         let (last_id, wal_position, batches) = {
             let s = self.state.read();
-            match s.chunks.back() {
+            let ready = s
+                .chunks
+                .iter()
+                .take_while(|c| c.wal_position <= durable)
+                .count();
+            match s.chunks.range(..ready).next_back() {
                 None => {
                     return Ok(FlushOutcome {
                         batches: Vec::new(),
@@ -232,7 +249,10 @@ impl LiveTable {
                 Some(last) => (
                     last.id,
                     last.wal_position,
-                    s.chunks.iter().map(|c| c.batch.clone()).collect::<Vec<_>>(),
+                    s.chunks
+                        .range(..ready)
+                        .map(|c| c.batch.clone())
+                        .collect::<Vec<_>>(),
                 ),
             }
         };
@@ -261,6 +281,8 @@ impl LiveTable {
                 // the table as it is now.
                 if let Err(refresh) = self.refresh_locked(lake, &mut delta).await {
                     warn!(tenant = %self.tenant, table = self.kind.name(), error = %refresh, "cannot refresh the table after a failed commit");
+                } else if let Err(drop) = self.drop_covered(&delta, app_id).await {
+                    warn!(tenant = %self.tenant, table = self.kind.name(), error = %drop, "cannot read the table's committed WAL position");
                 }
                 return Err(e.into());
             }
@@ -288,6 +310,43 @@ impl LiveTable {
             version,
             wal_position: (wal_position > 0).then_some(wal_position),
         })
+    }
+}
+
+impl LiveTable {
+    /// Drops the buffered rows that a commit under `app_id` already covers. Only another owner
+    /// of the same log makes such a commit (the servers of one JetStream stream share the id):
+    /// its commit conflicts with ours (Delta's concurrent-transaction check), and after it the
+    /// rows up to its position are in Delta once, so ours must not be written again.
+    async fn drop_covered(&self, delta: &DeltaTable, app_id: &str) -> Result<()> {
+        let Ok(state) = delta.snapshot() else {
+            return Ok(());
+        };
+        let Some(covered) = state
+            .transaction_version(delta.log_store().as_ref(), app_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        let covered = u64::try_from(covered).unwrap_or(0);
+        let mut s = self.state.write();
+        let mut dropped = 0;
+        while s
+            .chunks
+            .front()
+            .is_some_and(|c| c.wal_position > 0 && c.wal_position <= covered)
+        {
+            let c = s.chunks.pop_front().expect("checked non-empty");
+            let bytes = c.batch.get_array_memory_size();
+            s.buffered_rows -= c.batch.num_rows();
+            s.buffered_bytes -= bytes;
+            self.gauge.fetch_sub(bytes, Ordering::Relaxed);
+            dropped += c.batch.num_rows();
+        }
+        if dropped > 0 {
+            warn!(tenant = %self.tenant, table = self.kind.name(), rows = dropped, covered, "buffered rows were committed by another owner of the log: dropped");
+        }
+        Ok(())
     }
 }
 

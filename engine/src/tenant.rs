@@ -346,8 +346,13 @@ impl Tenant {
     pub async fn flush(&self) -> Result<usize> {
         let mut rows = 0;
         let mut committed = false;
+        // Rows of records not yet durable wait for the next flush (or forever, if the log failed).
+        let durable = self.wal.durable_position();
         for kind in [TableKind::Reports, TableKind::Alerts, TableKind::Hourly] {
-            let outcome = self.table(kind).flush(&self.lake, &self.wal_app_id).await?;
+            let outcome = self
+                .table(kind)
+                .flush_upto(&self.lake, &self.wal_app_id, durable)
+                .await?;
             rows += outcome.rows;
             metrics::counter!(
                 "vigie_flushed_rows_total",

@@ -6,10 +6,10 @@
 //! flush commits Delta with txn(app_id, position) ─▶ truncate(position): delete covered segments
 //! start: replay the records after the position the last Delta commit recorded
 //! ```
-//! Rooms: this module holds the [`Wal`] trait (the seam: [`LocalWal`] on disk, [`VolatileWal`]
-//! for `--wal off`) and the record payload; `segment` holds the on-disk format (frame encode
+//! Rooms: this module holds the [`Wal`] trait (the seam: [`LocalWal`] on disk, [`StreamWal`] on
+//! a replicated NATS JetStream stream, [`VolatileWal`] for `--wal off`) and the record payload; `segment` holds the on-disk format (frame encode
 //! and decode side by side, documented there with its version); `local` the segment files, the
-//! writer thread and recycling.
+//! writer thread and recycling; `stream` the JetStream log, its fencing and its retries.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +23,10 @@ use crate::{Error, Result};
 
 mod local;
 mod segment;
+mod stream;
 
 pub(crate) use local::{LocalWal, LocalWalArgs};
+pub(crate) use stream::{StreamWal, StreamWalArgs, connect};
 
 /// Position of a record in the log: 1 for the first record ever, then +1 per record.
 pub(crate) type WalPosition = u64;

@@ -1,0 +1,159 @@
+"""Cluster mode, first part: the write-ahead log on a real 3-node NATS JetStream cluster (R3,
+`sync_interval: always`, loopback only). A node lost with everything still unflushed loses no
+acknowledged report (another node on a fresh data dir takes the tenant's stream over), and a
+paused owner that wakes up after a takeover is fenced: its writes are refused, nothing is
+stored twice."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import simulate, vigie_bin
+from test_s3 import free_port
+from test_slice import check_against_oracle, vigie_rows
+
+FLEET = ("--drones", "20", "--reports-per-drone", "50", "--seed", "7",
+         "--start", "2026-01-01T00:00:00Z")
+# Other drones (ids from 1000), so none of their reports is a duplicate of FLEET's.
+MORE = ("--drones", "10", "--reports-per-drone", "30", "--seed", "8", "--first-drone", "1000",
+        "--start", "2026-01-01T00:00:00Z")
+
+
+@pytest.fixture
+def nats(tmp_path):
+    """Three nats-server processes in one cluster; yields the `--stream` URLs. A fresh cluster
+    per test (~3 s), so that no stream is left over from another test."""
+    server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    client, route, monitor = ([free_port() for _ in range(3)] for _ in range(3))
+    procs = []
+    for i in range(3):
+        routes = ", ".join(f"nats://127.0.0.1:{route[j]}" for j in range(3) if j != i)
+        conf = tmp_path / f"nats-{i}.conf"
+        conf.write_text(
+            f'server_name: n{i}\nlisten: "127.0.0.1:{client[i]}"\nhttp: "127.0.0.1:{monitor[i]}"\n'
+            f'jetstream {{ store_dir: "{tmp_path / f"nats-{i}"}", sync_interval: always }}\n'
+            f'cluster {{ name: vigie, listen: "127.0.0.1:{route[i]}", routes: [{routes}] }}\n'
+        )
+        log = open(tmp_path / f"nats-{i}.log", "w")
+        procs.append(subprocess.Popen([server, "-c", str(conf)], stdout=log, stderr=log))
+    deadline = time.time() + 60
+    # Ready once every node knows the JetStream meta leader.
+    for i in range(3):
+        while True:
+            assert procs[i].poll() is None, f"nats-server n{i} exited"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{monitor[i]}/jsz", timeout=2) as r:
+                    if json.load(r).get("meta_cluster", {}).get("leader"):
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the NATS cluster elected no JetStream leader"
+            time.sleep(0.2)
+    yield ",".join(f"nats://127.0.0.1:{p}" for p in client)
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def node_args(tmp_path, nats):
+    lake = tmp_path / "lake"
+    lake.mkdir(exist_ok=True)
+    # No timed flush: until a graceful stop, the reports exist only in JetStream.
+    return ("--object-store", lake.as_uri() + "/", "--stream", nats, "--stream-replicas", "3",
+            "--flush-interval", "1h", "--compact-interval", "0s")
+
+
+def parquet_files(tmp_path):
+    return list((tmp_path / "lake").rglob("*.parquet"))
+
+
+def test_a_lost_node_loses_no_acknowledged_report(nats, start_vigie, tmp_path):
+    args = node_args(tmp_path, nats)
+    a = start_vigie(*args, data_dir=tmp_path / "a")
+    dump = tmp_path / "fleet.jsonl"
+    out = simulate(a.addr, *FLEET, "--dump", str(dump))
+    assert "sent=1000 accepted=1000 duplicates=0" in out, out
+    alerts = vigie_rows(a.uri, "SELECT count(*), min(id), max(id) FROM alerts")
+    assert alerts[0][0] > 3 and alerts[0][1:] == (1, alerts[0][0]), alerts
+
+    # kill -9, nothing flushed; another node with an empty data dir takes the stream over.
+    a.kill()
+    assert parquet_files(tmp_path) == []
+    b = start_vigie(*args, data_dir=tmp_path / "b")
+    assert vigie_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1000, 1000)]
+    check_against_oracle(b.uri, dump)
+    # The same alerts, under the same dense ids.
+    assert vigie_rows(b.uri, "SELECT count(*), min(id), max(id) FROM alerts") == alerts
+    # A drone's retry sent to the new node is a duplicate.
+    out = simulate(b.addr, *FLEET)
+    assert "accepted=0 duplicates=1000" in out, out
+
+    # More reports, a graceful stop (it flushes), and a third node: every report once.
+    out = simulate(b.addr, *MORE)
+    assert "accepted=300 duplicates=0" in out, out
+    assert b.stop() == 0
+    assert parquet_files(tmp_path) != []
+    c = start_vigie(*args, data_dir=tmp_path / "c")
+    assert vigie_rows(c.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1300, 1300)]
+    n, lo, hi = vigie_rows(c.uri, "SELECT count(*), min(id), max(id) FROM alerts")[0]
+    assert n > alerts[0][0] and (lo, hi) == (1, n), (n, lo, hi)
+    out = simulate(c.addr, *FLEET)
+    assert "accepted=0 duplicates=1000" in out, out
+
+
+def test_a_paused_owner_is_fenced(nats, start_vigie, tmp_path):
+    args = node_args(tmp_path, nats)
+    a = start_vigie(*args, data_dir=tmp_path / "a")
+    out = simulate(a.addr, *FLEET)
+    assert "accepted=1000" in out, out
+
+    # The owner stops answering; another node takes over and accepts more.
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        b = start_vigie(*args, data_dir=tmp_path / "b")
+        assert vigie_rows(b.uri, "SELECT count(*) FROM reports") == [(1000,)]
+        out = simulate(b.addr, *MORE)
+        assert "accepted=300 duplicates=0" in out, out
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+
+    # The old owner wakes up: its next write is refused as fenced, not stored.
+    late = subprocess.run(
+        [vigie_bin(), "simulate", "--target", a.addr, "--drones", "5", "--reports-per-drone",
+         "4", "--first-drone", "2000", "--seed", "9", "--start", "2026-01-01T00:00:00Z"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert late.returncode != 0, late.stdout
+    assert "another server now owns stream vigie-default" in late.stderr, late.stderr
+
+    # Both stop gracefully (each flushes what it holds); a third node sees every acknowledged
+    # report once and none of the refused ones.
+    a.stop()
+    b.stop()
+    c = start_vigie(*args, data_dir=tmp_path / "c")
+    assert vigie_rows(c.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1300, 1300)]
+    assert vigie_rows(c.uri, "SELECT count(*) FROM reports WHERE drone_id >= 'drone-02000'") \
+        == [(0,)]
+    n, lo, hi = vigie_rows(c.uri, "SELECT count(*), min(id), max(id) FROM alerts")[0]
+    assert (lo, hi) == (1, n), (n, lo, hi)
+
+
+def test_a_stream_option_error_is_clear(tmp_path):
+    out = subprocess.run(
+        [vigie_bin(), "serve", "--data-dir", str(tmp_path), "--grpc-addr", "127.0.0.1:0",
+         "--stream", "nats://127.0.0.1:1", "--wal", "off"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0
+    assert "drop --wal" in out.stderr, out.stderr
