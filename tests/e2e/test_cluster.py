@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 
 from conftest import simulate, vigie_bin
@@ -27,10 +28,33 @@ MORE = ("--drones", "10", "--reports-per-drone", "30", "--seed", "8", "--first-d
         "--start", "2026-01-01T00:00:00Z")
 
 
+class Nats:
+    """A running 3-node cluster: `urls` for `--stream`, each node's process and monitor port."""
+
+    def __init__(self, procs, client, monitor):
+        self.procs, self.client, self.monitor = procs, client, monitor
+
+    def __str__(self):
+        return ",".join(f"nats://127.0.0.1:{p}" for p in self.client)
+
+    def stream_leader(self, name: str) -> int:
+        """The index of the node leading stream `name`."""
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                continue
+            url = f"http://127.0.0.1:{self.monitor[i]}/jsz?streams=true"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                for account in json.load(r).get("account_details", []):
+                    for stream in account.get("stream_detail", []):
+                        if stream["name"] == name and stream.get("cluster", {}).get("leader"):
+                            return int(stream["cluster"]["leader"].removeprefix("n"))
+        raise AssertionError(f"no node knows the leader of stream {name}")
+
+
 @pytest.fixture
 def nats(tmp_path):
-    """Three nats-server processes in one cluster; yields the `--stream` URLs. A fresh cluster
-    per test (~3 s), so that no stream is left over from another test."""
+    """Three nats-server processes in one cluster (see `Nats`). A fresh cluster per test (~3 s),
+    so that no stream is left over from another test."""
     server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     client, route, monitor = ([free_port() for _ in range(3)] for _ in range(3))
     procs = []
@@ -57,7 +81,7 @@ def nats(tmp_path):
                 pass
             assert time.time() < deadline, "the NATS cluster elected no JetStream leader"
             time.sleep(0.2)
-    yield ",".join(f"nats://127.0.0.1:{p}" for p in client)
+    yield Nats(procs, client, monitor)
     for p in procs:
         p.kill()
         p.wait()
@@ -67,7 +91,7 @@ def node_args(tmp_path, nats):
     lake = tmp_path / "lake"
     lake.mkdir(exist_ok=True)
     # No timed flush: until a graceful stop, the reports exist only in JetStream.
-    return ("--object-store", lake.as_uri() + "/", "--stream", nats, "--stream-replicas", "3",
+    return ("--object-store", lake.as_uri() + "/", "--stream", str(nats), "--stream-replicas", "3",
             "--flush-interval", "1h", "--compact-interval", "0s")
 
 
@@ -147,6 +171,50 @@ def test_a_paused_owner_is_fenced(nats, start_vigie, tmp_path):
         == [(0,)]
     n, lo, hi = vigie_rows(c.uri, "SELECT count(*), min(id), max(id) FROM alerts")[0]
     assert (lo, hi) == (1, n), (n, lo, hi)
+
+
+def test_the_stream_leader_killed_under_load_loses_nothing_acknowledged(
+        nats, start_vigie, tmp_path, pb):
+    vigie_pb2, vigie_grpc = pb
+    a = start_vigie(*node_args(tmp_path, nats), data_dir=tmp_path / "a")
+    stub = vigie_grpc.IngestStub(grpc.insecure_channel(a.addr))
+    acknowledged, retried, duplicates = set(), 0, 0
+    killed = None
+    for batch in range(300):
+        reports = []
+        for k in range(10):
+            report = vigie_pb2.DroneReport(drone_id=f"drone-{k}", seq=batch, latitude=48.85,
+                                           longitude=2.35)
+            report.time.FromSeconds(1_767_225_600 + batch * 60)
+            reports.append(report)
+        if batch == 100:
+            # kill -9 the stream's leader: a new one is elected within seconds.
+            killed = nats.stream_leader("vigie-default")
+            nats.procs[killed].kill()
+        deadline = time.time() + 60
+        while True:
+            try:
+                answer = stub.Write(vigie_pb2.WriteRequest(reports=reports), timeout=40)
+                break
+            except grpc.RpcError as e:
+                # Refused writes are retryable; the drone sends the same reports again.
+                assert e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED), e
+                assert time.time() < deadline, "writes never recovered after the leader died"
+                retried += 1
+                time.sleep(0.2)
+        assert answer.accepted + answer.duplicates == 10, answer
+        duplicates += answer.duplicates
+        acknowledged.update((r.drone_id, r.seq) for r in reports)
+    assert killed is not None
+    assert len(acknowledged) == 3000
+    assert vigie_rows(a.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(3000, 3000)]
+    # And from the stream alone: a node with an empty data dir replays every one of them.
+    a.kill()
+    b = start_vigie(*node_args(tmp_path, nats), data_dir=tmp_path / "b")
+    assert vigie_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(3000, 3000)]
 
 
 def test_a_stream_option_error_is_clear(tmp_path):
