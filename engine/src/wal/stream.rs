@@ -169,11 +169,15 @@ impl StreamWal {
             listener: OnceLock::new(),
             publish_timeout: args.publish_timeout,
         });
+        let started = Instant::now();
         let claim = claim(&args.context, &stream, &shared).await?;
         shared.last.store(claim, Ordering::SeqCst);
         shared.durable.store(claim, Ordering::SeqCst);
         let replay = read_records(&stream, &shared, args.after, claim).await?;
-        info!(stream = %name, claim, after = args.after, records = replay.len(), "claimed the tenant's stream");
+        let took = started.elapsed();
+        metrics::histogram!("vigie_stream_takeover_seconds", "stream" => name.clone())
+            .record(took.as_secs_f64());
+        info!(stream = %name, claim, after = args.after, records = replay.len(), ?took, "claimed the tenant's stream");
         let (records, rx) = mpsc::unbounded_channel();
         tokio::spawn(publisher(
             args.context.clone(),
@@ -312,7 +316,10 @@ async fn publisher(
         >,
     > = FuturesOrdered::new();
     let mut open = true;
+    let unacked_gauge =
+        metrics::gauge!("vigie_stream_unacked_records", "stream" => shared.stream_name.clone());
     while open || !acks.is_empty() {
+        unacked_gauge.set(unacked.len() as f64);
         tokio::select! {
             record = rx.recv(), if open => match record {
                 None => open = false,
