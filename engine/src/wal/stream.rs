@@ -144,20 +144,28 @@ impl StreamWal {
     pub(crate) async fn open(args: StreamWalArgs) -> Result<(Self, Vec<WalRecord>)> {
         let name = stream_name(&args.tenant);
         let subject = format!("vigie.{}.wal", args.tenant.as_str());
-        let stream = args
-            .context
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                storage: stream::StorageType::File,
-                num_replicas: args.replicas,
-                // Longer than any publish retry: a resent record is always recognised.
-                duplicate_window: Duration::from_secs(120).max(args.publish_timeout * 2),
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats_error(&format!("cannot open stream {name}"), e))?;
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: args.replicas,
+            // Longer than any publish retry: a resent record is always recognised.
+            duplicate_window: Duration::from_secs(120).max(args.publish_timeout * 2),
+            allow_direct: true,
+            ..Default::default()
+        };
+        // A cluster that just started (or is electing a leader) may time out a first request.
+        let deadline = Instant::now() + args.publish_timeout;
+        let stream = loop {
+            match args.context.get_or_create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() < deadline => {
+                    warn!(stream = %name, error = %e, "cannot open the stream yet, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(nats_error(&format!("cannot open stream {name}"), e)),
+            }
+        };
         let (progress, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             stream_name: name.clone(),
@@ -205,12 +213,15 @@ async fn claim(
 ) -> Result<WalPosition> {
     let deadline = Instant::now() + shared.publish_timeout;
     loop {
-        let last = stream
-            .get_info()
-            .await
-            .map_err(|e| nats_error("cannot read the stream's state", e))?
-            .state
-            .last_sequence;
+        let last = match stream.get_info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) if Instant::now() < deadline => {
+                warn!(stream = %shared.stream_name, error = %e, "cannot read the stream's state yet, retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(nats_error("cannot read the stream's state", e)),
+        };
         let mut headers = shared.headers(last + 1, 0);
         headers.insert(CLAIM, shared.incarnation.as_str());
         let acked = match context
