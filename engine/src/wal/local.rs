@@ -245,16 +245,13 @@ impl Wal for LocalWal {
     }
 
     async fn sync(&self, position: WalPosition) -> Result<()> {
-        let durable = || self.shared.durable_position.load(Ordering::SeqCst) >= position;
-        let mut rx = self.shared.progress.subscribe();
-        let error = rx
-            .wait_for(|error| durable() || error.is_some())
-            .await
-            .map_err(|_| Error::Wal("the WAL writer stopped".into()))?;
-        match &*error {
-            Some(e) if !durable() => Err(Error::Wal(e.to_string())),
-            _ => Ok(()),
-        }
+        super::wait_durable(
+            &self.shared.progress,
+            &self.shared.durable_position,
+            position,
+            "the WAL writer",
+        )
+        .await
     }
 
     async fn truncate(&self, position: WalPosition) -> Result<()> {

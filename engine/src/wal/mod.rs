@@ -12,11 +12,13 @@
 //! writer thread and recycling; `stream` the JetStream log, its fencing and its retries.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use prost::Message;
+use tokio::sync::watch;
 use vigie_proto::v1::{DroneReport, WriteRequest};
 
 use crate::{Error, Result};
@@ -108,6 +110,27 @@ impl Wal for VolatileWal {
     }
     async fn truncate(&self, _position: WalPosition) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Waits until `durable` reaches `position`, or fails with the error a log's writer published
+/// in `progress` (the local writer thread's, the stream publisher's); `writer` names it when it
+/// is gone.
+pub(crate) async fn wait_durable(
+    progress: &watch::Sender<Option<Arc<str>>>,
+    durable: &AtomicU64,
+    position: WalPosition,
+    writer: &str,
+) -> Result<()> {
+    let is_durable = || durable.load(Ordering::SeqCst) >= position;
+    let mut rx = progress.subscribe();
+    let error = rx
+        .wait_for(|error| is_durable() || error.is_some())
+        .await
+        .map_err(|_| Error::Wal(format!("{writer} stopped")))?;
+    match &*error {
+        Some(e) if !is_durable() => Err(Error::Wal(e.to_string())),
+        _ => Ok(()),
     }
 }
 

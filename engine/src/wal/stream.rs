@@ -479,16 +479,13 @@ impl Wal for StreamWal {
     }
 
     async fn sync(&self, position: WalPosition) -> Result<()> {
-        let durable = || self.shared.durable.load(Ordering::SeqCst) >= position;
-        let mut rx = self.shared.progress.subscribe();
-        let error = rx
-            .wait_for(|error| durable() || error.is_some())
-            .await
-            .map_err(|_| Error::Wal("the stream publisher stopped".into()))?;
-        match &*error {
-            Some(e) if !durable() => Err(Error::Wal(e.to_string())),
-            _ => Ok(()),
-        }
+        super::wait_durable(
+            &self.shared.progress,
+            &self.shared.durable,
+            position,
+            "the stream publisher",
+        )
+        .await
     }
 
     async fn truncate(&self, position: WalPosition) -> Result<()> {
