@@ -602,4 +602,38 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("flush_intervall"), "{err:#}");
     }
+
+    #[test]
+    fn stream_settings_come_from_the_options_and_replace_the_local_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::resolve(ServeArgs {
+            data_dir: Some(dir.path().join("data")),
+            stream: Some("nats://a:4222, nats://b:4222,".into()),
+            stream_replicas: Some(1),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let stream = c.stream.expect("cluster mode");
+        assert_eq!(stream.servers, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(stream.replicas, 1);
+        assert_eq!(
+            stream.publish_timeout,
+            vigie_engine::StreamSettings::DEFAULT_PUBLISH_TIMEOUT
+        );
+        assert_eq!(c.wal_dir, None);
+
+        let file = dir.path().join("vigie.toml");
+        std::fs::write(
+            &file,
+            "stream = \"nats://a:4222\"\nstream_user = \"vigie\"\n",
+        )
+        .unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().join("data")),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("stream_password"), "{err:#}");
+    }
 }
