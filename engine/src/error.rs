@@ -30,6 +30,9 @@ pub enum Error {
     /// An alert rule failed on a batch of reports (the rule compiled, so not the writer's fault).
     #[error("{0}")]
     Rule(String),
+    /// A request larger than the log takes as one record: send fewer reports per request.
+    #[error("{0}")]
+    TooLarge(String),
     /// A named thing (a tenant) does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -61,7 +64,7 @@ impl Error {
     /// The kind of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidConfig(_) => ErrorKind::InvalidInput,
+            Error::InvalidConfig(_) | Error::TooLarge(_) => ErrorKind::InvalidInput,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Overloaded(_) => ErrorKind::Overloaded,
             Error::Wal(_) => ErrorKind::Unavailable,

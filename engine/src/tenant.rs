@@ -246,6 +246,14 @@ impl Tenant {
                 self.max_buffer_bytes
             )));
         }
+        if let Some(limit) = self.wal.max_record_bytes() {
+            let size = prost::Message::encoded_len(request);
+            if size > limit {
+                return Err(Error::TooLarge(format!(
+                    "a request of {size} bytes is larger than one record of the stream may be                      ({limit} bytes: the NATS servers' max_payload); send fewer reports per request"
+                )));
+            }
+        }
         let received_at = chrono::Utc::now().timestamp_micros();
         let mut rejected = Vec::new();
         let mut valid = Vec::with_capacity(request.reports.len());

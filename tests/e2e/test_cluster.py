@@ -217,6 +217,32 @@ def test_the_stream_leader_killed_under_load_loses_nothing_acknowledged(
         == [(3000, 3000)]
 
 
+def test_a_request_larger_than_a_stream_record_is_refused_and_the_log_goes_on(
+        nats, start_vigie, tmp_path, pb):
+    vigie_pb2, vigie_grpc = pb
+    a = start_vigie(*node_args(tmp_path, nats), data_dir=tmp_path / "a")
+    stub = vigie_grpc.IngestStub(grpc.insecure_channel(a.addr))
+
+    def request(n, words):
+        reports = []
+        for seq in range(n):
+            report = vigie_pb2.DroneReport(drone_id="big", seq=seq, latitude=1.0, longitude=2.0,
+                                           words=words)
+            report.time.FromSeconds(1_767_225_600 + seq)
+            reports.append(report)
+        return vigie_pb2.WriteRequest(reports=reports)
+
+    # ~2 MB: over NATS's default max_payload of 1 MiB.
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Write(request(2000, ["x" * 1000]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "send fewer reports per request" in refused.value.details()
+    # Nothing of it was kept (a retry in smaller requests is not a duplicate), and writes go on.
+    answer = stub.Write(request(200, ["x" * 1000]), timeout=30)
+    assert (answer.accepted, answer.duplicates) == (200, 0)
+    assert vigie_rows(a.uri, "SELECT count(*) FROM reports") == [(200,)]
+
+
 def test_a_stream_option_error_is_clear(tmp_path):
     out = subprocess.run(
         [vigie_bin(), "serve", "--data-dir", str(tmp_path), "--grpc-addr", "127.0.0.1:0",

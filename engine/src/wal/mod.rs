@@ -59,6 +59,11 @@ pub(crate) trait Wal: Send + Sync + fmt::Debug {
     fn keeps_payloads(&self) -> bool {
         true
     }
+    /// The largest payload one record may hold, if the log has a limit (a NATS message's
+    /// `max_payload`); a request larger than it is refused before anything is deduplicated.
+    fn max_record_bytes(&self) -> Option<usize> {
+        None
+    }
     /// The position of the last appended record (0 if none).
     fn last_position(&self) -> WalPosition;
     /// Every record up to this position is durable.

@@ -41,6 +41,8 @@ use crate::{Error, Result};
 
 /// Header carrying a record's receive time (µs since the epoch).
 const RECEIVED_AT: &str = "Vigie-Received-At";
+/// Room kept in a message for the headers Vigie adds (ids, sequence, time; ~150 bytes).
+const HEADER_ROOM: usize = 1024;
 /// Header marking a claim: a record without reports that fences the previous owner.
 const CLAIM: &str = "Vigie-Claim";
 
@@ -114,6 +116,8 @@ impl Shared {
 /// A tenant's WAL on a JetStream stream (see the module docs).
 pub(crate) struct StreamWal {
     shared: Arc<Shared>,
+    /// The servers' `max_payload`, less room for the headers.
+    max_record: usize,
     stream: stream::Stream,
     records: mpsc::UnboundedSender<Pending>,
 }
@@ -196,6 +200,11 @@ impl StreamWal {
         Ok((
             Self {
                 shared,
+                max_record: args
+                    .context
+                    .client()
+                    .max_payload()
+                    .saturating_sub(HEADER_ROOM),
                 stream,
                 records,
             },
@@ -462,6 +471,10 @@ impl Wal for StreamWal {
             })
             .map_err(|_| Error::Wal("the stream publisher stopped".into()))?;
         Ok(position)
+    }
+
+    fn max_record_bytes(&self) -> Option<usize> {
+        Some(self.max_record)
     }
 
     fn last_position(&self) -> WalPosition {
