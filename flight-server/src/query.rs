@@ -90,9 +90,13 @@ impl VigieFlightSql {
         let handle = self.with_bindings(&who, handle);
         let rows = self.parameter_rows(&who, &handle)?;
         let text = handle.sql.clone();
-        let planned = self
+        // From the call's start: the time spent waiting for a query thread (busy with other
+        // statements, or with one just cancelled) counts too.
+        let begun = Instant::now();
+        let mut planned = self
             .planning(&who, &handle.sql, |sql| physical(sql, text, rows))
             .await?;
+        planned.planning = begun.elapsed();
         let schema = planned.schema.clone();
         let plan = self.next_plan.fetch_add(1, Ordering::Relaxed).max(1);
         self.plans
