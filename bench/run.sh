@@ -105,7 +105,9 @@ if [ "$what" = cluster ] || [ "$what" = all ]; then
   for i in 0 1 2; do
     mkdir -p "$tmp/nats-$i"
     routes=""
-    for j in 0 1 2; do [ "$j" != "$i" ] && routes="$routes nats://127.0.0.1:$((16222 + j)),"; done
+    for j in 0 1 2; do
+      if [ "$j" != "$i" ]; then routes="$routes nats://127.0.0.1:$((16222 + j)),"; fi
+    done
     cat >"$tmp/nats-$i.conf" <<CONF
 server_name: n$i
 listen: "127.0.0.1:$((14222 + i))"
