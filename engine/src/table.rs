@@ -294,13 +294,7 @@ impl LiveTable {
             let mut s = self.state.write();
             s.version = version;
             s.files = files;
-            while s.chunks.front().is_some_and(|c| c.id <= last_id) {
-                let c = s.chunks.pop_front().expect("checked non-empty");
-                let bytes = c.batch.get_array_memory_size();
-                s.buffered_rows -= c.batch.num_rows();
-                s.buffered_bytes -= bytes;
-                self.gauge.fetch_sub(bytes, Ordering::Relaxed);
-            }
+            self.drop_front(&mut s, |c| c.id <= last_id);
         }
         *delta = written;
         debug!(tenant = %self.tenant, table = self.kind.name(), rows, ?version, "flushed");
@@ -314,6 +308,21 @@ impl LiveTable {
 }
 
 impl LiveTable {
+    /// Removes the oldest chunks while `drop` holds for them (committed ones), keeping the row,
+    /// byte and engine-wide memory counts in step; returns the rows removed.
+    fn drop_front(&self, s: &mut State, drop: impl Fn(&Chunk) -> bool) -> usize {
+        let mut rows = 0;
+        while s.chunks.front().is_some_and(&drop) {
+            let c = s.chunks.pop_front().expect("checked non-empty");
+            let bytes = c.batch.get_array_memory_size();
+            rows += c.batch.num_rows();
+            s.buffered_rows -= c.batch.num_rows();
+            s.buffered_bytes -= bytes;
+            self.gauge.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        rows
+    }
+
     /// Drops the buffered rows that a commit under `app_id` already covers. Only another owner
     /// of the same log makes such a commit (the servers of one JetStream stream share the id):
     /// its commit conflicts with ours (Delta's concurrent-transaction check), and after it the
@@ -329,20 +338,9 @@ impl LiveTable {
             return Ok(());
         };
         let covered = u64::try_from(covered).unwrap_or(0);
-        let mut s = self.state.write();
-        let mut dropped = 0;
-        while s
-            .chunks
-            .front()
-            .is_some_and(|c| c.wal_position > 0 && c.wal_position <= covered)
-        {
-            let c = s.chunks.pop_front().expect("checked non-empty");
-            let bytes = c.batch.get_array_memory_size();
-            s.buffered_rows -= c.batch.num_rows();
-            s.buffered_bytes -= bytes;
-            self.gauge.fetch_sub(bytes, Ordering::Relaxed);
-            dropped += c.batch.num_rows();
-        }
+        let dropped = self.drop_front(&mut self.state.write(), |c| {
+            c.wal_position > 0 && c.wal_position <= covered
+        });
         if dropped > 0 {
             warn!(tenant = %self.tenant, table = self.kind.name(), rows = dropped, covered, "buffered rows were committed by another owner of the log: dropped");
         }

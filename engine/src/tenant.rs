@@ -250,7 +250,8 @@ impl Tenant {
             let size = prost::Message::encoded_len(request);
             if size > limit {
                 return Err(Error::TooLarge(format!(
-                    "a request of {size} bytes is larger than one record of the stream may be                      ({limit} bytes: the NATS servers' max_payload); send fewer reports per request"
+                    "a request of {size} bytes is larger than one record of the stream may be \
+                     ({limit} bytes: the NATS servers' max_payload); send fewer reports per request"
                 )));
             }
         }
