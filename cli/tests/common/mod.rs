@@ -13,9 +13,9 @@ use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use tonic::transport::Channel;
-use vigie_proto::Timestamp;
+use vigie_engine::testing;
+use vigie_proto::v1::DroneReport;
 use vigie_proto::v1::ingest_client::IngestClient;
-use vigie_proto::v1::{Citizen, DroneReport};
 
 /// A running `vigie serve`, killed on drop. Its stderr goes to `<data_dir>.log` (appended), shown
 /// when a test fails.
@@ -190,24 +190,13 @@ impl Drop for Server {
 
 /// A valid report of `drone` at minute `seq` of 2026-01-01, with the given citizens.
 pub fn report(drone: &str, seq: u64, citizens: &[(&str, f64)]) -> DroneReport {
-    DroneReport {
-        drone_id: drone.into(),
+    testing::report(
+        drone,
         seq,
-        time: Some(Timestamp {
-            seconds: 1_767_225_600 + seq as i64 * 60,
-            nanos: 0,
-        }),
-        latitude: 48.85,
-        longitude: 2.35,
-        citizens: citizens
-            .iter()
-            .map(|(n, s)| Citizen {
-                name: (*n).into(),
-                score: *s,
-            })
-            .collect(),
-        words: vec!["calme".into()],
-    }
+        testing::NEW_YEAR_2026 + seq as i64 * 60,
+        citizens,
+        &["calme"],
+    )
 }
 
 /// Every file under `dir`, recursively.
