@@ -126,7 +126,7 @@ CONF
   stream=$(IFS=,; echo "${urls[*]}")
   for run in 1 2 3; do
     for wal in fsync stream; do
-      if [ "$wal" = stream ]; then args=(--stream "$stream"); else args=(--wal fsync); fi
+      if [ "$wal" = stream ]; then args=(--stream "$stream" --cluster-secret bench-cluster-secret-0001); else args=(--wal fsync); fi
       # A fresh lake per run; the stream outlives it (one per tenant): other drones each run.
       dir="$tmp/cluster-$wal-$run"
       addr=$(serve "$dir" "${args[@]}" --compact-interval 0s)
@@ -136,7 +136,7 @@ CONF
       stop "$dir"
     done
   done
-  addr=$(serve "$tmp/cluster-alerts" --stream "$stream" --compact-interval 0s)
+  addr=$(serve "$tmp/cluster-alerts" --stream "$stream" --cluster-secret bench-cluster-secret-0001 --compact-interval 0s)
   echo "alerts at 10000 reports/s (batches of 100, WAL on JetStream R3, 30 s):"
   "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 150 --seed 9 --first-drone 90000 \
     --start 2026-03-01T00:00:00Z --rate 10000 --batch 100 --streams 2 --measure-alerts

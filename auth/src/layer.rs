@@ -8,7 +8,9 @@
 //! `vigie.v1.Ingest` needs [`Access::Write`]; `vigie.v1.Alerts` and Flight SQL need
 //! [`Access::Read`]; the Flight SQL `Handshake` checks its own credentials (it is how a user logs
 //! in), health and reflection are open. In the open mode (no credentials exist) every call is the
-//! anonymous admin of the `default` tenant.
+//! anonymous admin of the `default` tenant. In cluster mode a call with the `Cluster` scheme is
+//! another node forwarding a write: checked against the cluster secret, it acts for the original
+//! caller (see [`crate::cluster`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use tonic::Status;
 use tonic::server::NamedService;
 use tracing::debug;
 
-use crate::{Access, Authenticator, Result};
+use crate::cluster::{ClusterSecret, Forwarded};
+use crate::{Access, Authenticator, Error, Result};
 
 /// The Flight SQL login: it authenticates on its own and answers a token.
 pub const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
@@ -30,9 +33,12 @@ const OPEN_SERVICES: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
+/// The only service other nodes forward calls to.
+const FORWARDABLE: &str = "/vigie.v1.Ingest/";
+
 /// What the method at `path` needs; `None`: nothing (it is open, or checks credentials itself).
 fn access(path: &str) -> Option<Access> {
-    if path.starts_with("/vigie.v1.Ingest/") {
+    if path.starts_with(FORWARDABLE) {
         Some(Access::Write)
     } else if path == HANDSHAKE_PATH || OPEN_SERVICES.iter().any(|s| path.starts_with(s)) {
         None
@@ -45,12 +51,22 @@ fn access(path: &str) -> Option<Access> {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    cluster: Option<Arc<ClusterSecret>>,
 }
 
 impl AuthLayer {
     /// A layer checking calls with `auth`.
     pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+        Self {
+            auth,
+            cluster: None,
+        }
+    }
+
+    /// Also accepts writes other nodes of the cluster forward, proven by `secret`.
+    pub fn with_cluster_secret(mut self, secret: ClusterSecret) -> Self {
+        self.cluster = Some(Arc::new(secret));
+        self
     }
 }
 
@@ -61,6 +77,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -70,6 +87,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    cluster: Option<Arc<ClusterSecret>>,
 }
 
 impl<S: NamedService> NamedService for AuthService<S> {
@@ -77,11 +95,28 @@ impl<S: NamedService> NamedService for AuthService<S> {
 }
 
 impl<S> AuthService<S> {
-    /// The principal `authorization` proves, if its role gives `access`.
-    fn check(&self, authorization: Option<&str>, access: Access) -> Result<crate::Principal> {
-        let principal = self.auth.authenticate(authorization)?;
+    /// The principal `authorization` proves, if its role gives `access`, and whether another
+    /// node forwarded the call.
+    fn check(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+        headers: &http::HeaderMap,
+        access: Access,
+    ) -> Result<(crate::Principal, bool)> {
+        let (principal, forwarded) = match &self.cluster {
+            Some(secret) if ClusterSecret::is_cluster_call(authorization) => {
+                if !path.starts_with(FORWARDABLE) {
+                    return Err(Error::PermissionDenied(
+                        "node-to-node calls may only forward writes".into(),
+                    ));
+                }
+                (secret.principal_of(authorization, headers)?, true)
+            }
+            _ => (self.auth.authenticate(authorization)?, false),
+        };
         principal.may(access)?;
-        Ok(principal)
+        Ok((principal, forwarded))
     }
 }
 
@@ -102,13 +137,16 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         if let Some(access) = access(request.uri().path()) {
-            let header = request
-                .headers()
+            let headers = request.headers();
+            let header = headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match self.check(header, access) {
-                Ok(principal) => {
+            match self.check(request.uri().path(), header, headers, access) {
+                Ok((principal, forwarded)) => {
                     request.extensions_mut().insert(principal);
+                    if forwarded {
+                        request.extensions_mut().insert(Forwarded);
+                    }
                 }
                 Err(e) => {
                     debug!(path = request.uri().path(), error = %e, "call refused");

@@ -9,6 +9,8 @@
 //!                 │ ok: request.extensions += Principal ─▶ service: Principal::of(request)
 //!                 └ refused: Error ─▶ tonic::Status (one mapping: Error::code)
 //! Flight SQL Handshake ─▶ Authenticator::login ─▶ session token (expires after token_ttl)
+//! another node (cluster mode) ─ authorization: Cluster <secret> ─▶ AuthLayer ─▶ the caller's
+//!                 Principal it forwarded + Forwarded (ClusterSecret)
 //! ```
 //! Passwords are stored as argon2id PHC strings. API keys are 256 random bits shown once; only
 //! their SHA-256 is stored (a fast hash is enough for a random secret of that size, and it keeps
@@ -16,6 +18,7 @@
 //! which `vigie serve` only allows on a loopback address.
 
 mod authenticator;
+pub mod cluster;
 mod error;
 mod file;
 mod layer;
@@ -23,6 +26,7 @@ mod principal;
 mod secret;
 
 pub use authenticator::Authenticator;
+pub use cluster::{ClusterSecret, Forwarded};
 pub use error::{Error, Result};
 pub use file::{AuthFile, AuthStore, KeyRecord, TenantRecord, UserRecord};
 pub use layer::{AuthLayer, AuthService, HANDSHAKE_PATH};

@@ -91,6 +91,19 @@ pub(crate) struct ServeArgs {
     /// PEM root certificates to trust for `tls://` NATS servers [default: the system's].
     #[arg(long, env = "VIGIE_STREAM_TLS_CA")]
     pub(crate) stream_tls_ca: Option<PathBuf>,
+    /// Cluster mode: the secret every node shares, proving node-to-node calls (a write forwarded
+    /// to its tenant's owner); at least 16 characters (prefer the environment variable).
+    #[arg(long, env = "VIGIE_CLUSTER_SECRET")]
+    pub(crate) cluster_secret: Option<String>,
+    /// Cluster mode: the gRPC URL other nodes reach this one at (`http://host:port`, or
+    /// `https://` with TLS) [default: the bound --grpc-addr, unless it is 0.0.0.0 or ::].
+    #[arg(long, env = "VIGIE_ADVERTISE_ADDR")]
+    pub(crate) advertise_addr: Option<String>,
+    /// Cluster mode: how long a node's lease on a tenant lasts without renewal; a dead owner's
+    /// tenants are taken over about this long after it stopped [default: 5s].
+    #[arg(long, env = "VIGIE_LEASE_TTL", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub(crate) lease_ttl: Option<Duration>,
     /// Refuse writes (RESOURCE_EXHAUSTED) while this many bytes wait for the object store
     /// [default: a quarter of the machine's memory].
     #[arg(long, env = "VIGIE_MAX_BUFFER_BYTES")]
@@ -218,6 +231,9 @@ impl ServeArgs {
             stream_password,
             stream_token,
             stream_tls_ca,
+            cluster_secret,
+            advertise_addr,
+            lease_ttl,
             max_buffer_bytes,
             alert_queue,
             alert_webhook,
@@ -265,6 +281,11 @@ fn stream_settings(args: &ServeArgs) -> Result<Option<vigie_engine::StreamSettin
     };
     settings.token = args.stream_token.clone();
     settings.tls_ca = args.stream_tls_ca.clone();
+    if let Some(ttl) = args.lease_ttl {
+        settings.lease_ttl = ttl;
+    }
+    // The bound address fills it in when unset (serve knows it once listening).
+    settings.advertise = args.advertise_addr.clone().unwrap_or_default();
     Ok(Some(settings))
 }
 
@@ -308,6 +329,8 @@ pub(crate) struct Config {
     pub(crate) wal_dir: Option<PathBuf>,
     /// `Some`: cluster mode, the WAL on NATS JetStream.
     pub(crate) stream: Option<vigie_engine::StreamSettings>,
+    /// Cluster mode's shared secret (always set in cluster mode).
+    pub(crate) cluster_secret: Option<vigie_auth::ClusterSecret>,
     pub(crate) wal_max_delay: Duration,
     pub(crate) wal_segment_bytes: u64,
     pub(crate) max_buffer_bytes: usize,
@@ -352,6 +375,27 @@ impl Config {
         if stream.is_some() && (args.wal.is_some() || args.wal_dir.is_some()) {
             bail!("--stream puts the write-ahead log on NATS JetStream: drop --wal and --wal-dir");
         }
+        let cluster_secret = match (&stream, &args.cluster_secret) {
+            (Some(_), Some(secret)) => {
+                Some(vigie_auth::ClusterSecret::new(secret).context("invalid --cluster-secret")?)
+            }
+            (Some(_), None) => bail!(
+                "cluster mode (--stream) needs --cluster-secret (or VIGIE_CLUSTER_SECRET): the \
+                 secret every node shares, so that nodes forward writes to each other"
+            ),
+            (None, Some(_)) => bail!("--cluster-secret is for cluster mode: add --stream"),
+            (None, None) => None,
+        };
+        if stream.is_none() && (args.advertise_addr.is_some() || args.lease_ttl.is_some()) {
+            bail!("--advertise-addr and --lease-ttl are for cluster mode: add --stream");
+        }
+        if stream.is_some() && args.alert_webhook.is_some() {
+            bail!(
+                "--alert-webhook is not available in cluster mode yet (each node would post only \
+                 the alerts of the tenants it owns, and none across a takeover): subscribe to \
+                 Alerts instead"
+            );
+        }
         let config = Self {
             object_store,
             grpc_addr: args.grpc_addr.unwrap_or(DEFAULT_GRPC_ADDR),
@@ -376,6 +420,7 @@ impl Config {
                 .wal_segment_bytes
                 .unwrap_or(EngineArgs::DEFAULT_WAL_SEGMENT_BYTES),
             stream,
+            cluster_secret,
             max_buffer_bytes: args
                 .max_buffer_bytes
                 .unwrap_or_else(default_max_buffer_bytes),
@@ -610,6 +655,7 @@ mod tests {
             data_dir: Some(dir.path().join("data")),
             stream: Some("nats://a:4222, nats://b:4222,".into()),
             stream_replicas: Some(1),
+            cluster_secret: Some("a-secret-of-16-chars".into()),
             ..ServeArgs::default()
         })
         .unwrap();
@@ -621,11 +667,59 @@ mod tests {
             vigie_engine::StreamSettings::DEFAULT_PUBLISH_TIMEOUT
         );
         assert_eq!(c.wal_dir, None);
+        assert_eq!(
+            stream.lease_ttl,
+            vigie_engine::StreamSettings::DEFAULT_LEASE_TTL
+        );
+        assert_eq!(stream.advertise, "");
+
+        // Cluster mode needs its secret, long enough; cluster options need cluster mode.
+        let refused = |args: ServeArgs| {
+            let err = Config::resolve(ServeArgs {
+                data_dir: Some(dir.path().join("data")),
+                ..args
+            })
+            .unwrap_err();
+            format!("{err:#}")
+        };
+        let stream = || Some("nats://a:4222".to_string());
+        assert!(
+            refused(ServeArgs {
+                stream: stream(),
+                ..ServeArgs::default()
+            })
+            .contains("needs --cluster-secret")
+        );
+        assert!(
+            refused(ServeArgs {
+                stream: stream(),
+                cluster_secret: Some("short".into()),
+                ..ServeArgs::default()
+            })
+            .contains("at least 16 characters")
+        );
+        assert!(
+            refused(ServeArgs {
+                lease_ttl: Some(Duration::from_secs(3)),
+                ..ServeArgs::default()
+            })
+            .contains("add --stream")
+        );
+        assert!(
+            refused(ServeArgs {
+                stream: stream(),
+                cluster_secret: Some("a-secret-of-16-chars".into()),
+                alert_webhook: Some("http://127.0.0.1:1/".into()),
+                ..ServeArgs::default()
+            })
+            .contains("not available in cluster mode")
+        );
 
         let file = dir.path().join("vigie.toml");
         std::fs::write(
             &file,
-            "stream = \"nats://a:4222\"\nstream_user = \"vigie\"\n",
+            "stream = \"nats://a:4222\"\nstream_user = \"vigie\"\n\
+             cluster_secret = \"a-secret-of-16-chars\"\n",
         )
         .unwrap();
         let err = Config::resolve(ServeArgs {

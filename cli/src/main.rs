@@ -9,6 +9,7 @@
 //! ```
 
 mod admin;
+mod cluster;
 mod config;
 mod health;
 mod metrics;

@@ -31,7 +31,7 @@ use vigie_sql::Sessions;
 use crate::config::{Config, TlsFiles};
 use crate::health::{Deferred, Health, Phase};
 
-pub(crate) async fn run(config: Config) -> Result<()> {
+pub(crate) async fn run(mut config: Config) -> Result<()> {
     info!(?config, "starting");
     // Before the address is printed: a SIGTERM that arrives once a client can connect must
     // start the graceful shutdown, not kill the process with the default action.
@@ -76,6 +76,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
     let addr = listener.local_addr()?;
+    crate::cluster::advertise(&mut config, addr)?;
     // The one line scripts and tests wait for.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {scheme}://{addr}")?;
@@ -114,8 +115,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .tls_config(tls_config(tls)?)
             .context("invalid TLS configuration")?;
     }
+    let mut auth_layer = AuthLayer::new(auth.clone());
+    if let Some(secret) = &config.cluster_secret {
+        auth_layer = auth_layer.with_cluster_secret(secret.clone());
+    }
     let server = builder
-        .layer(AuthLayer::new(auth.clone()))
+        .layer(auth_layer)
         .add_service(health_service)
         .add_service(reflection_v1()?)
         .add_service(reflection_v1alpha()?)
@@ -163,9 +168,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     );
     let flight_sql = VigieFlightSql::new(sessions.clone(), auth.clone())
         .context("cannot create the Flight SQL service")?;
-    ingest_slot.send_replace(Some(
-        IngestService::new(engine.clone()).into_server(config.max_message_bytes),
-    ));
+    let mut ingest = IngestService::new(engine.clone());
+    if let Some(forwarder) = crate::cluster::forwarder(&config)? {
+        ingest = ingest.with_forwarder(forwarder);
+    }
+    ingest_slot.send_replace(Some(ingest.into_server(config.max_message_bytes)));
+    // Leases renewed and vacant tenants taken over until the shutdown starts.
+    let cluster = engine.start_cluster(stop_serving.clone());
     alerts_slot.send_replace(Some(
         AlertsService::new(engine.clone(), config.alert_queue).into_server(),
     ));
@@ -246,6 +255,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     if let Some(maintenance) = maintenance {
         let _ = maintenance.await;
     }
+    if let Some(cluster) = cluster {
+        let _ = cluster.await;
+    }
     stop_flushing.cancel();
     let flushed = match tokio::time::timeout(config.shutdown_timeout, flusher).await {
         Ok(joined) => joined
@@ -256,8 +268,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             config.shutdown_timeout
         )),
     };
+    // Flushed: the other nodes take this one's tenants over at once, with nothing to replay.
+    engine.release_leases().await;
     match (flushed, &config.wal_dir) {
         (Ok(()), _) => info!("stopped"),
+        (Err(e), None) if config.stream.is_some() => warn!(
+            error = %format!("{e:#}"),
+            "stopped without the final flush; the stream keeps every acknowledged report for the tenants' next owners"
+        ),
         (Err(e), Some(wal)) => warn!(
             error = %format!("{e:#}"),
             wal = %wal.display(),

@@ -360,12 +360,18 @@ fn timestamp(micros: i64) -> Timestamp {
 
 /// Why a subscription ended.
 #[derive(Debug, Default)]
-pub struct Overflow(AtomicBool);
+pub struct Overflow(AtomicBool, AtomicBool);
 
 impl Overflow {
     /// Whether the subscriber's queue overflowed.
     pub fn happened(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// Whether the hub was closed: in cluster mode, this node stopped owning the tenant, and
+    /// its alerts are now raised by another node.
+    pub fn moved(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
     }
 }
 
@@ -381,6 +387,8 @@ struct HubState {
     pending: VecDeque<(WalPosition, Vec<Alert>)>,
     subscribers: Vec<Subscriber>,
     last_published: u64,
+    /// See [`AlertHub::close`].
+    closed: bool,
 }
 
 /// A live subscription: alerts with ids above `after` arrive on `alerts`.
@@ -444,14 +452,28 @@ impl AlertHub {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let overflow = Arc::new(Overflow::default());
         let mut s = self.state.lock();
-        s.subscribers.push(Subscriber {
-            tx,
-            overflow: overflow.clone(),
-        });
+        if s.closed {
+            overflow.1.store(true, Ordering::SeqCst);
+        } else {
+            s.subscribers.push(Subscriber {
+                tx,
+                overflow: overflow.clone(),
+            });
+        }
         Subscription {
             after: s.last_published,
             alerts: rx,
             overflow,
+        }
+    }
+
+    /// Ends every subscription (each told [`Overflow::moved`]) and refuses new ones the same
+    /// way: this node no longer raises the tenant's alerts.
+    pub fn close(&self) {
+        let mut s = self.state.lock();
+        s.closed = true;
+        for sub in s.subscribers.drain(..) {
+            sub.overflow.1.store(true, Ordering::SeqCst);
         }
     }
 

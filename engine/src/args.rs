@@ -124,6 +124,12 @@ pub struct StreamSettings {
     pub token: Option<String>,
     /// PEM root certificates to trust for `tls://` servers (the system's otherwise).
     pub tls_ca: Option<PathBuf>,
+    /// How long a node's lease on a tenant lasts without renewal: a dead or paused owner's
+    /// tenants are taken over this long (plus one renewal period) after its last renewal.
+    pub lease_ttl: Duration,
+    /// The gRPC address other nodes forward writes of this node's tenants to (`http://host:port`
+    /// or `https://…`); empty: this node's tenants cannot be written through other nodes.
+    pub advertise: String,
 }
 
 impl StreamSettings {
@@ -133,6 +139,12 @@ impl StreamSettings {
     pub const MAX_REPLICAS: usize = 5;
     /// How long a record may wait for its PubAck by default.
     pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+    /// A lease's time to live by default.
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+    /// Shortest lease TTL (renewals run three times per TTL).
+    pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+    /// Longest lease TTL.
+    pub const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
 
     /// Settings for `servers` with the defaults above and no credentials.
     pub fn new(servers: Vec<String>) -> Self {
@@ -143,6 +155,8 @@ impl StreamSettings {
             user: None,
             token: None,
             tls_ca: None,
+            lease_ttl: Self::DEFAULT_LEASE_TTL,
+            advertise: String::new(),
         }
     }
 
@@ -163,6 +177,22 @@ impl StreamSettings {
                 "the stream publish timeout must be at least 1s".into(),
             ));
         }
+        if !(Self::MIN_LEASE_TTL..=Self::MAX_LEASE_TTL).contains(&self.lease_ttl) {
+            return Err(Error::InvalidConfig(format!(
+                "the lease TTL must be between {:?} and {:?}",
+                Self::MIN_LEASE_TTL,
+                Self::MAX_LEASE_TTL
+            )));
+        }
+        let is_url = ["http://", "https://"]
+            .iter()
+            .any(|scheme| self.advertise.starts_with(scheme));
+        if !self.advertise.is_empty() && !is_url {
+            return Err(Error::InvalidConfig(format!(
+                "the advertised address {:?} must be a URL: http://host:port or https://host:port",
+                self.advertise
+            )));
+        }
         Ok(())
     }
 }
@@ -177,6 +207,8 @@ impl std::fmt::Debug for StreamSettings {
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("token", &self.token.as_ref().map(|_| "…"))
             .field("tls_ca", &self.tls_ca)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("advertise", &self.advertise)
             .finish()
     }
 }

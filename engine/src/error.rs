@@ -36,6 +36,10 @@ pub enum Error {
     /// A named thing (a tenant) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// In cluster mode, another node owns the tenant's writes (or none does, during a
+    /// takeover): forward to it, or retry.
+    #[error("{0}")]
+    NotOwner(String),
 }
 
 /// The engine's result type.
@@ -50,7 +54,8 @@ pub enum ErrorKind {
     NotFound,
     /// Too much is buffered: retry later.
     Overloaded,
-    /// The write-ahead log failed: nothing was acknowledged, retry.
+    /// The write-ahead log failed, or this node does not own the tenant: nothing was
+    /// acknowledged, retry.
     Unavailable,
     /// The object store or the Delta log failed.
     Storage,
@@ -67,7 +72,7 @@ impl Error {
             Error::InvalidConfig(_) | Error::TooLarge(_) => ErrorKind::InvalidInput,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Overloaded(_) => ErrorKind::Overloaded,
-            Error::Wal(_) => ErrorKind::Unavailable,
+            Error::Wal(_) | Error::NotOwner(_) => ErrorKind::Unavailable,
             Error::ObjectStore(_) | Error::Delta(_) => ErrorKind::Storage,
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Arrow(_) | Error::DataFusion(_) | Error::Rule(_) => ErrorKind::Internal,

@@ -14,11 +14,13 @@
 pub mod alert;
 mod args;
 pub mod audit;
+mod cluster;
 pub mod compaction;
 mod dedupe;
 mod error;
 mod flusher;
 pub mod host;
+mod lease;
 mod local_disk;
 mod recovery;
 pub mod report;
@@ -39,7 +41,8 @@ use tokio::sync::Notify;
 
 pub use crate::args::{EngineArgs, StreamSettings, TenantSettings, WalMode};
 pub use crate::error::{Error, ErrorKind, Result};
-pub use crate::tenant::{PendingWrite, Tenant};
+pub use crate::lease::NodeInfo;
+pub use crate::tenant::{PendingWrite, Tenant, TenantRole};
 
 use crate::alert::RuleSet;
 use crate::args::rules_for;
@@ -58,6 +61,8 @@ pub struct Engine {
     gauge: Arc<AtomicUsize>,
     /// The JetStream connection of [`WalMode::Stream`], shared by every tenant's log.
     jetstream: Option<async_nats::jetstream::Context>,
+    /// Cluster mode's leases ([`WalMode::Stream`] only).
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Engine {
@@ -81,7 +86,14 @@ impl Engine {
                 Some(crate::wal::connect(settings).await?),
             ),
         };
+        let cluster = match (&args.wal, &jetstream) {
+            (WalMode::Stream(settings), Some(context)) => {
+                Some(cluster::Cluster::join(context, settings).await?)
+            }
+            _ => None,
+        };
         let engine = Self {
+            cluster,
             args,
             tenants: parking_lot::RwLock::default(),
             opening: tokio::sync::Mutex::new(()),
@@ -108,7 +120,7 @@ impl Engine {
         if let Some(tenant) = self.tenant(&settings.name) {
             return Ok(tenant);
         }
-        let tenant = Arc::new(Tenant::open(self, settings).await?);
+        let tenant = Arc::new(self.open_tenant(settings).await?);
         self.tenants
             .write()
             .insert(tenant.name().clone(), tenant.clone());

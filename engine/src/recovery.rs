@@ -24,7 +24,7 @@ use crate::dedupe::DedupeIndex;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::table::{LiveTable, read_files};
-use crate::tenant::{Tenant, TenantCounters, WriteState};
+use crate::tenant::{Tenant, TenantCounters, TenantRole, WriteState};
 use crate::wal::{
     LocalWal, LocalWalArgs, StreamWal, StreamWalArgs, VolatileWal, Wal, WalPosition, WalRecord,
 };
@@ -34,10 +34,15 @@ impl Tenant {
     /// Opens a tenant's tables (creating them when missing), rebuilds its dedupe index and
     /// alert id from the stored tables, and puts back into the buffers what its WAL holds that
     /// no commit covers.
-    pub(crate) async fn open(engine: &Engine, settings: TenantSettings) -> Result<Tenant> {
+    /// A follower opens the tables only: it has no log, dedupes nothing and replays nothing.
+    pub(crate) async fn open(
+        engine: &Engine,
+        settings: TenantSettings,
+        role: TenantRole,
+    ) -> Result<Tenant> {
         let args = &engine.args;
         let rules = rules_for(&args.alert_rules, &settings.alert_rules);
-        let name = settings.name;
+        let name = settings.name.clone();
         let open = |kind| LiveTable::open(&args.lake, &name, kind, engine.gauge.clone());
         let reports = Arc::new(open(TableKind::Reports).await?);
         let alerts = Arc::new(open(TableKind::Alerts).await?);
@@ -51,6 +56,9 @@ impl Tenant {
             .min(alerts_committed)
             .min(hourly_committed);
         let (wal, replay): (Box<dyn Wal>, Vec<WalRecord>) = match &args.wal {
+            _ if role == TenantRole::Follower => {
+                (Box::new(VolatileWal::new(committed)), Vec::new())
+            }
             WalMode::Off => (Box::new(VolatileWal::new(committed)), Vec::new()),
             WalMode::Local {
                 dir,
@@ -82,6 +90,12 @@ impl Tenant {
         };
         let mut tenant = Tenant {
             name: name.clone(),
+            role,
+            owner: parking_lot::RwLock::new(
+                (role == TenantRole::Owner)
+                    .then(|| engine.node().cloned())
+                    .flatten(),
+            ),
             reports,
             alerts,
             hourly,
@@ -103,7 +117,12 @@ impl Tenant {
             max_buffer_bytes: args.max_buffer_bytes,
             counters: TenantCounters::new(&name),
             retention: settings.retention,
+            settings,
         };
+        if role == TenantRole::Follower {
+            info!(tenant = %name, "following the tenant (another node owns its writes)");
+            return Ok(tenant);
+        }
         tenant.rebuild_dedupe().await?;
         let stored_alerts = tenant.max_alert_id().await?;
         tenant.state.lock().next_alert_id = stored_alerts + 1;

@@ -20,8 +20,10 @@ use tracing::{error, info};
 use vigie_proto::v1::{Alert, Rejection, WriteRequest, WriteResponse};
 
 use crate::alert::{AlertHub, RuleSet, alerts_to_proto};
+use crate::args::TenantSettings;
 use crate::audit::{self, AuditEvent};
 use crate::dedupe::DedupeIndex;
+use crate::lease::NodeInfo;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::rollup;
 use crate::schema::TableKind;
@@ -30,10 +32,28 @@ use crate::table::{DataFile, LiveTable, TableSnapshot, read_files};
 use crate::wal::{self, Wal, WalPosition};
 use crate::{Error, Result};
 
+/// Whether this node writes a tenant or only reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantRole {
+    /// This node dedupes, logs, buffers and flushes the tenant's reports, and raises its
+    /// alerts: always outside cluster mode; in cluster mode, while it holds the tenant's lease.
+    Owner,
+    /// Cluster mode, another node (or none, during a takeover) owns the tenant: this node
+    /// answers queries over its committed tables (refreshed at each flush interval) and
+    /// forwards its writes to the owner.
+    Follower,
+}
+
 /// One tenant's tables and dedupe state.
 #[derive(Debug)]
 pub struct Tenant {
     pub(crate) name: TenantName,
+    /// What the tenant was opened with (to open it again in another role).
+    pub(crate) settings: TenantSettings,
+    pub(crate) role: TenantRole,
+    /// The node owning the tenant's writes, as last seen: this one for an owner, `None` while
+    /// nobody holds the lease.
+    pub(crate) owner: parking_lot::RwLock<Option<NodeInfo>>,
     /// Where the tenant's tables live.
     pub(crate) lake: Lake,
     pub(crate) reports: Arc<LiveTable>,
@@ -112,6 +132,52 @@ impl Tenant {
     /// The tenant's name.
     pub fn name(&self) -> &TenantName {
         &self.name
+    }
+
+    /// Whether this node writes the tenant or only reads it.
+    pub fn role(&self) -> TenantRole {
+        self.role
+    }
+
+    /// Whether this node writes the tenant (always outside cluster mode).
+    pub fn is_owner(&self) -> bool {
+        self.role == TenantRole::Owner
+    }
+
+    /// In cluster mode, the node owning the tenant's writes as last seen (`None` outside
+    /// cluster mode, or while nobody holds the lease).
+    pub fn owner(&self) -> Option<NodeInfo> {
+        self.owner.read().clone()
+    }
+
+    /// The refusal of a write on a follower: who owns the tenant, or that nobody does yet.
+    pub fn not_owner(&self) -> Error {
+        Error::NotOwner(match self.owner() {
+            Some(owner) => format!(
+                "node {} ({}) owns tenant {}: write there",
+                owner.id, owner.addr, self.name
+            ),
+            None => format!(
+                "no node owns tenant {} right now (a takeover is under way): retry in a few \
+                 seconds",
+                self.name
+            ),
+        })
+    }
+
+    pub(crate) fn set_owner(&self, owner: Option<NodeInfo>) {
+        *self.owner.write() = owner;
+    }
+
+    /// What the tenant was opened with.
+    pub(crate) fn settings(&self) -> &TenantSettings {
+        &self.settings
+    }
+
+    /// Why the tenant's log refuses appends (fenced by another owner, the stream lost), if it
+    /// does.
+    pub(crate) fn log_failed(&self) -> Option<std::sync::Arc<str>> {
+        self.wal.failed()
     }
 
     /// One of the tenant's tables.
@@ -235,6 +301,9 @@ impl Tenant {
     /// The synchronous part of [`Tenant::write`]: everything but waiting for the WAL fsync, so that a
     /// stream can pipeline its requests while keeping their order.
     pub fn write_buffered(&self, request: &WriteRequest) -> Result<PendingWrite<'_>> {
+        if self.role == TenantRole::Follower {
+            return Err(self.not_owner());
+        }
         let buffered = self.gauge.load(Ordering::Relaxed);
         if buffered >= self.max_buffer_bytes {
             self.counters

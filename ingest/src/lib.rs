@@ -5,10 +5,15 @@
 //!                               (one response per request, in order)
 //! dispatcher ─Subscribe(from_id?)─▶ AlertsService: stored alerts ≥ from_id, then live ones
 //! webhook task ─▶ POST JSON per alert (optional, `webhook`)
+//! cluster mode, tenant owned by another node ─▶ Forwarder: unary Write to the owner, on behalf
+//!                                               of the caller (vigie_auth::ClusterSecret)
 //! ```
 //! Engine errors become `tonic::Status` in [`status_of`], the one place that decides codes.
 
+mod forward;
 pub mod webhook;
+
+pub use forward::{Connect, Forwarder};
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
-use vigie_auth::Principal;
+use vigie_auth::{Forwarded, Principal};
 use vigie_engine::{Engine, Error as EngineError, ErrorKind, Tenant};
 use vigie_proto::v1::alerts_server::{Alerts, AlertsServer};
 use vigie_proto::v1::ingest_server::{Ingest, IngestServer};
@@ -51,6 +56,10 @@ pub fn status_of(error: &EngineError) -> Status {
 /// The open tenant of the request's principal (the auth layer of `vigie-auth` checked who calls).
 fn tenant_of<T>(engine: &Engine, request: &Request<T>) -> Result<Arc<Tenant>, Status> {
     let principal = Principal::of(request)?;
+    open_tenant(engine, &principal)
+}
+
+fn open_tenant(engine: &Engine, principal: &Principal) -> Result<Arc<Tenant>, Status> {
     engine.tenant(&principal.tenant).ok_or_else(|| {
         Status::unavailable(format!(
             "tenant {} is not open on this server yet: retry in a few seconds",
@@ -59,16 +68,51 @@ fn tenant_of<T>(engine: &Engine, request: &Request<T>) -> Result<Arc<Tenant>, St
     })
 }
 
-/// Implements `vigie.v1.Ingest`: reports go to the caller's tenant.
+/// Implements `vigie.v1.Ingest`: reports go to the caller's tenant (in cluster mode, through
+/// the node that owns it).
 #[derive(Debug, Clone)]
 pub struct IngestService {
     engine: Arc<Engine>,
+    forwarder: Option<Forwarder>,
 }
 
 impl IngestService {
     /// A service writing into `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            forwarder: None,
+        }
+    }
+
+    /// Forwards the writes of tenants another node owns with `forwarder` (cluster mode);
+    /// without one they are refused `UNAVAILABLE`, naming the owner.
+    pub fn with_forwarder(mut self, forwarder: Forwarder) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// The answer to `request` of `caller` for `tenant`: written here when this node owns the
+    /// tenant, else forwarded to its owner (a forwarded request is not forwarded again).
+    fn answer<'a>(
+        &self,
+        tenant: &'a Tenant,
+        caller: &Principal,
+        forwarded: bool,
+        request: WriteRequest,
+    ) -> Answer<'a> {
+        if tenant.is_owner() {
+            return answer(tenant, &request);
+        }
+        match (&self.forwarder, tenant.owner()) {
+            (Some(forwarder), Some(owner)) if !forwarded => {
+                let forwarder = forwarder.clone();
+                let caller = caller.clone();
+                Box::pin(async move { forwarder.write(&owner, &caller, request).await })
+            }
+            // No forwarder, no owner, or a stale view on the forwarding side: the client retries.
+            _ => Box::pin(std::future::ready(Err(status_of(&tenant.not_owner())))),
+        }
     }
 
     /// The tonic server for this service, with `max_message_bytes` per request; oversized
@@ -100,8 +144,12 @@ impl Ingest for IngestService {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let tenant = tenant_of(&self.engine, &request)?;
-        answer(&tenant, request.get_ref()).await.map(Response::new)
+        let principal = Principal::of(&request)?;
+        let forwarded = request.extensions().get::<Forwarded>().is_some();
+        let tenant = open_tenant(&self.engine, &principal)?;
+        self.answer(&tenant, &principal, forwarded, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WriteStreamStream =
@@ -113,9 +161,12 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
-        let tenant = tenant_of(&self.engine, &request)?;
+        let principal = Principal::of(&request)?;
+        let forwarded = request.extensions().get::<Forwarded>().is_some();
+        let tenant = open_tenant(&self.engine, &principal)?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
+        let service = self.clone();
         tokio::spawn(async move {
             let mut in_flight: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
             let mut input_done = false;
@@ -131,7 +182,9 @@ impl Ingest for IngestService {
                     message = input.next(), if !input_done && in_flight.len() < MAX_IN_FLIGHT_PER_STREAM => {
                         match message {
                             None => input_done = true,
-                            Some(Ok(request)) => in_flight.push_back(answer(&tenant, &request)),
+                            Some(Ok(request)) => in_flight.push_back(
+                                service.answer(&tenant, &principal, forwarded, request),
+                            ),
                             Some(Err(status)) => in_flight.push_back(Box::pin(std::future::ready(
                                 Err(oversize_as_exhausted(status)),
                             ))),
@@ -176,6 +229,22 @@ impl Alerts for AlertsService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let tenant = tenant_of(&self.engine, &request)?;
+        if !tenant.is_owner() {
+            return Err(Status::unavailable(match tenant.owner() {
+                Some(owner) => format!(
+                    "node {} ({}) raises tenant {}'s alerts: subscribe there",
+                    owner.id,
+                    owner.addr,
+                    tenant.name()
+                ),
+                None => format!(
+                    "no node raises tenant {}'s alerts right now (a takeover is under way): \
+                     retry in a few seconds",
+                    tenant.name()
+                ),
+            }));
+        }
+        let name = tenant.name().clone();
         // Subscribe first: everything up to `after` is stored, everything later arrives live.
         let subscription = tenant.hub().subscribe(self.queue);
         let from = request.get_ref().from_id.map(|from| from.max(1));
@@ -200,6 +269,7 @@ impl Alerts for AlertsService {
             (subscription.alerts, last, false),
             move |(mut rx, last, ended)| {
                 let overflow = overflow.clone();
+                let name = name.clone();
                 async move {
                     if ended {
                         return None;
@@ -213,6 +283,15 @@ impl Alerts for AlertsService {
                             let id = alert.id;
                             Some((Ok(alert), (rx, id, false)))
                         }
+                        None if overflow.moved() => Some((
+                            Err(Status::unavailable(format!(
+                                "this node stopped raising tenant {name}'s alerts (another node \
+                                 took the tenant over); the last alert delivered is {last}: \
+                                 subscribe again with from_id = {}",
+                                last + 1
+                            ))),
+                            (rx, last, true),
+                        )),
                         None if overflow.happened() => Some((
                             Err(Status::resource_exhausted(format!(
                                 "this subscriber fell more than {queue} alerts behind and was \

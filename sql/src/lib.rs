@@ -100,6 +100,8 @@ pub struct SqlEngine {
     memory_limit: Option<usize>,
     /// Plans by SQL text (see [`SqlEngine::statement`]).
     plans: Arc<parking_lot::Mutex<HashMap<String, CachedPlan>>>,
+    /// The tenant whose tables the session shows (in cluster mode a takeover replaces it).
+    tenant: Arc<Tenant>,
 }
 
 /// A statement's plan as a session keeps it between runs.
@@ -190,7 +192,13 @@ impl SqlEngine {
             optimized_ctx,
             memory_limit: view.memory_limit,
             plans: Arc::default(),
+            tenant,
         })
+    }
+
+    /// The tenant whose tables the session shows.
+    pub fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
     }
 
     /// The context to run one query's plans in: the session's, with a memory pool of its own when

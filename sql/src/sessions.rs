@@ -143,16 +143,19 @@ impl Sessions {
     pub async fn session(&self, principal: &Principal) -> Result<SqlEngine> {
         let admin = principal.role == Role::Admin;
         let key = (principal.tenant.clone(), admin);
-        let mut sessions = self.sessions.lock().await;
-        if let Some(session) = sessions.get(&key) {
-            return Ok(session.clone());
-        }
         let tenant = self.engine.tenant(&principal.tenant).ok_or_else(|| {
             Error::Unavailable(format!(
                 "tenant {} is not open on this server yet: retry in a few seconds",
                 principal.tenant
             ))
         })?;
+        let mut sessions = self.sessions.lock().await;
+        // In cluster mode a takeover or a step-down opens the tenant anew: a new session then.
+        if let Some(session) = sessions.get(&key)
+            && Arc::ptr_eq(session.tenant(), &tenant)
+        {
+            return Ok(session.clone());
+        }
         let session = SqlEngine::with_options(
             tenant,
             self.engine.lake(),

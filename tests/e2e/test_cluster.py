@@ -1,8 +1,9 @@
-"""Cluster mode, first part: the write-ahead log on a real 3-node NATS JetStream cluster (R3,
-`sync_interval: always`, loopback only). A node lost with everything still unflushed loses no
-acknowledged report (another node on a fresh data dir takes the tenant's stream over), and a
-paused owner that wakes up after a takeover is fenced: its writes are refused, nothing is
-stored twice."""
+"""Cluster mode: the write-ahead log on a real 3-node NATS JetStream cluster (R3,
+`sync_interval: always`, loopback only), and tenants owned by lease. A node lost with everything
+still unflushed loses no acknowledged report (another node takes the tenant over once the lease
+expires, and replays its stream), a paused owner that wakes up after a takeover steps down and
+forwards its writes to the new owner (nothing stored twice), and with three nodes any of them
+takes writes, also while the owner is killed under load."""
 
 import json
 import os
@@ -87,12 +88,30 @@ def nats(tmp_path):
         p.wait()
 
 
+SECRET = "cluster-secret-of-the-tests"
+LEASE_TTL = 3
+
+
 def node_args(tmp_path, nats):
     lake = tmp_path / "lake"
     lake.mkdir(exist_ok=True)
     # No timed flush: until a graceful stop, the reports exist only in JetStream.
     return ("--object-store", lake.as_uri() + "/", "--stream", str(nats), "--stream-replicas", "3",
-            "--flush-interval", "1h", "--compact-interval", "0s")
+            "--flush-interval", "1h", "--compact-interval", "0s", "--cluster-secret", SECRET,
+            "--lease-ttl", f"{LEASE_TTL}s")
+
+
+def wait_rows(uri, sql, want, timeout=60):
+    """Polls `sql` until it answers `want`: a node that follows a tenant sees its committed rows
+    only, and becomes its owner (seeing the stream's rows) once the previous owner's lease
+    expired."""
+    deadline = time.time() + timeout
+    while True:
+        got = vigie_rows(uri, sql)
+        if got == want:
+            return
+        assert time.time() < deadline, f"{sql}: {got}, expected {want}"
+        time.sleep(0.5)
 
 
 def parquet_files(tmp_path):
@@ -112,8 +131,9 @@ def test_a_lost_node_loses_no_acknowledged_report(nats, start_vigie, tmp_path):
     a.kill()
     assert parquet_files(tmp_path) == []
     b = start_vigie(*args, data_dir=tmp_path / "b")
-    assert vigie_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
-        == [(1000, 1000)]
+    # b follows the tenant until a's lease expires, then takes it over.
+    wait_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports",
+              [(1000, 1000)], timeout=LEASE_TTL * 10)
     check_against_oracle(b.uri, dump)
     # The same alerts, under the same dense ids.
     assert vigie_rows(b.uri, "SELECT count(*), min(id), max(id) FROM alerts") == alerts
@@ -126,6 +146,7 @@ def test_a_lost_node_loses_no_acknowledged_report(nats, start_vigie, tmp_path):
     assert "accepted=300 duplicates=0" in out, out
     assert b.stop() == 0
     assert parquet_files(tmp_path) != []
+    # b released its lease as it stopped: c owns the tenant from its start.
     c = start_vigie(*args, data_dir=tmp_path / "c")
     assert vigie_rows(c.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
         == [(1300, 1300)]
@@ -135,40 +156,48 @@ def test_a_lost_node_loses_no_acknowledged_report(nats, start_vigie, tmp_path):
     assert "accepted=0 duplicates=1000" in out, out
 
 
-def test_a_paused_owner_is_fenced(nats, start_vigie, tmp_path):
+def test_a_paused_owner_steps_down_and_forwards(nats, start_vigie, tmp_path):
     args = node_args(tmp_path, nats)
     a = start_vigie(*args, data_dir=tmp_path / "a")
     out = simulate(a.addr, *FLEET)
     assert "accepted=1000" in out, out
 
-    # The owner stops answering; another node takes over and accepts more.
+    # The owner stops answering; another node takes over once the lease expires, and accepts
+    # more (its stream claim fences the paused owner).
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         b = start_vigie(*args, data_dir=tmp_path / "b")
-        assert vigie_rows(b.uri, "SELECT count(*) FROM reports") == [(1000,)]
+        wait_rows(b.uri, "SELECT count(*) FROM reports", [(1000,)], timeout=LEASE_TTL * 10)
         out = simulate(b.addr, *MORE)
         assert "accepted=300 duplicates=0" in out, out
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
 
-    # The old owner wakes up: its next write is refused as fenced, not stored.
-    late = subprocess.run(
-        [vigie_bin(), "simulate", "--target", a.addr, "--drones", "5", "--reports-per-drone",
-         "4", "--first-drone", "2000", "--seed", "9", "--start", "2026-01-01T00:00:00Z"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert late.returncode != 0, late.stdout
-    assert "another server now owns stream vigie-default" in late.stderr, late.stderr
+    # The old owner wakes up: its appends are refused (fenced), it finds its lease lost, steps
+    # down, and from then on forwards its writes to b. A drone retrying gets them stored once.
+    late = ("--drones", "5", "--reports-per-drone", "4", "--first-drone", "2000", "--seed", "9",
+            "--start", "2026-01-01T00:00:00Z")
+    deadline = time.time() + LEASE_TTL * 10
+    while True:
+        run = subprocess.run([vigie_bin(), "simulate", "--target", a.addr, *late],
+                             capture_output=True, text=True, timeout=120)
+        if run.returncode == 0:
+            break
+        # Fenced, or no owner known yet: retryable.
+        assert "currently unavailable" in run.stderr, run.stderr
+        assert time.time() < deadline, run.stderr
+        time.sleep(0.5)
+    assert "sent=20" in run.stdout and "duplicates=" in run.stdout, run.stdout
+    wait_rows(b.uri, "SELECT count(*) FROM reports WHERE drone_id >= 'drone-02000'", [(20,)],
+              timeout=10)
 
-    # Both stop gracefully (each flushes what it holds); a third node sees every acknowledged
-    # report once and none of the refused ones.
+    # Both stop gracefully (a, a follower now, flushes nothing); a third node sees every
+    # acknowledged report once.
     a.stop()
     b.stop()
     c = start_vigie(*args, data_dir=tmp_path / "c")
     assert vigie_rows(c.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
-        == [(1300, 1300)]
-    assert vigie_rows(c.uri, "SELECT count(*) FROM reports WHERE drone_id >= 'drone-02000'") \
-        == [(0,)]
+        == [(1320, 1320)]
     n, lo, hi = vigie_rows(c.uri, "SELECT count(*), min(id), max(id) FROM alerts")[0]
     assert (lo, hi) == (1, n), (n, lo, hi)
 
@@ -188,7 +217,8 @@ def test_the_stream_leader_killed_under_load_loses_nothing_acknowledged(
             report.time.FromSeconds(1_767_225_600 + batch * 60)
             reports.append(report)
         if batch == 100:
-            # kill -9 the stream's leader: a new one is elected within seconds.
+            # kill -9 the stream's leader: a new one is elected within seconds (the lease bucket
+            # may lose its leader too: the node may step down, then take the tenant back).
             killed = nats.stream_leader("vigie-default")
             nats.procs[killed].kill()
         deadline = time.time() + 60
@@ -210,11 +240,12 @@ def test_the_stream_leader_killed_under_load_loses_nothing_acknowledged(
     assert len(acknowledged) == 3000
     assert vigie_rows(a.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
         == [(3000, 3000)]
-    # And from the stream alone: a node with an empty data dir replays every one of them.
+    # And from the stream alone: a node with an empty data dir replays every one of them (once
+    # the killed node's lease expired).
     a.kill()
     b = start_vigie(*node_args(tmp_path, nats), data_dir=tmp_path / "b")
-    assert vigie_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
-        == [(3000, 3000)]
+    wait_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports",
+              [(3000, 3000)], timeout=LEASE_TTL * 10)
 
 
 def test_a_request_larger_than_a_stream_record_is_refused_and_the_log_goes_on(
@@ -241,6 +272,98 @@ def test_a_request_larger_than_a_stream_record_is_refused_and_the_log_goes_on(
     answer = stub.Write(request(200, ["x" * 1000]), timeout=30)
     assert (answer.accepted, answer.duplicates) == (200, 0)
     assert vigie_rows(a.uri, "SELECT count(*) FROM reports") == [(200,)]
+
+
+def test_three_nodes_take_writes_and_the_owner_may_die_under_load(
+        nats, start_vigie, tmp_path, pb):
+    vigie_pb2, vigie_grpc = pb
+    args = node_args(tmp_path, nats)
+    nodes = [start_vigie(*args, data_dir=tmp_path / f"n{i}") for i in range(3)]
+    stubs = [vigie_grpc.IngestStub(grpc.insecure_channel(n.addr)) for n in nodes]
+    # The first node started owns the tenant; the others forward to it.
+    owner = 0
+
+    # A node-to-node call needs the cluster's secret.
+    with pytest.raises(grpc.RpcError) as refused:
+        stubs[1].Write(vigie_pb2.WriteRequest(), timeout=10,
+                       metadata=[("authorization", "Cluster not-the-secret-at-all"),
+                                 ("vigie-forwarded-tenant", "default"),
+                                 ("vigie-forwarded-role", "drone"),
+                                 ("vigie-forwarded-principal", "key:x")])
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
+
+    def batch_of(n):
+        reports = []
+        for k in range(10):
+            report = vigie_pb2.DroneReport(drone_id=f"drone-{k}", seq=n, latitude=48.85,
+                                           longitude=2.35)
+            report.time.FromSeconds(1_767_225_600 + n * 60)
+            # Drone 0 sees a low score every minute: one alert per batch.
+            if k == 0:
+                report.citizens.add(name="x", score=5.0)
+            reports.append(report)
+        return reports
+
+    acknowledged, retries_before_kill, duplicates = 0, 0, 0
+    for n in range(240):
+        if n == 90:
+            nodes[owner].kill()
+        reports = batch_of(n)
+        deadline = time.time() + 60
+        target = n % 3
+        while True:
+            if target == owner and n >= 90:
+                target = (target + 1) % 3
+            try:
+                answer = stubs[target].Write(vigie_pb2.WriteRequest(reports=reports), timeout=40)
+                break
+            except grpc.RpcError as e:
+                # Refused writes are retryable; the drone sends them again, to another node.
+                assert e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED), e
+                assert time.time() < deadline, f"writes never recovered after the owner died: {e}"
+                if n < 90:
+                    retries_before_kill += 1
+                target = (target + 1) % 3
+                time.sleep(0.2)
+        assert answer.accepted + answer.duplicates == 10, answer
+        duplicates += answer.duplicates
+        acknowledged += 10
+    # While the owner lived, every write through any node succeeded the first time.
+    assert retries_before_kill == 0
+    assert acknowledged == 2400
+
+    # One of the two survivors took the tenant over: it sees every report (from its buffer and
+    # the replayed stream), the other one only what is committed (nothing: no flush yet).
+    survivors = [i for i in range(3) if i != owner]
+    counts = {i: vigie_rows(nodes[i].uri, "SELECT count(*) FROM reports")[0][0] for i in survivors}
+    new_owner = max(counts, key=counts.get)
+    assert vigie_rows(nodes[new_owner].uri,
+                      "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(2400, 2400)]
+    # Alert ids stay dense across the takeover: the replay re-derived the same ids.
+    assert vigie_rows(nodes[new_owner].uri, "SELECT count(*), min(id), max(id) FROM alerts") \
+        == [(240, 1, 240)]
+    # A dispatcher subscribing to the new owner from the start gets every id once, in order.
+    alerts = vigie_grpc.AlertsStub(grpc.insecure_channel(nodes[new_owner].addr))
+    stream = alerts.Subscribe(vigie_pb2.SubscribeRequest(from_id=1), timeout=30)
+    ids = [next(stream).id for _ in range(240)]
+    stream.cancel()
+    assert ids == list(range(1, 241))
+    # A follower sends subscribers to the owner.
+    follower = next(i for i in survivors if i != new_owner)
+    with pytest.raises(grpc.RpcError) as moved:
+        next(vigie_grpc.AlertsStub(grpc.insecure_channel(nodes[follower].addr)).Subscribe(
+            vigie_pb2.SubscribeRequest(), timeout=10))
+    assert moved.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "subscribe there" in moved.value.details(), moved.value.details()
+
+    # Graceful stops; a fresh node sees every acknowledged report once.
+    for i in survivors:
+        assert nodes[i].stop() == 0
+    last = start_vigie(*args, data_dir=tmp_path / "last")
+    assert vigie_rows(last.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(2400, 2400)]
 
 
 def test_a_stream_option_error_is_clear(tmp_path):

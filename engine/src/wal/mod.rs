@@ -64,6 +64,11 @@ pub(crate) trait Wal: Send + Sync + fmt::Debug {
     fn max_record_bytes(&self) -> Option<usize> {
         None
     }
+    /// Why the log refuses appends for good (fenced by another owner, the stream lost), if it
+    /// does.
+    fn failed(&self) -> Option<Arc<str>> {
+        None
+    }
     /// The position of the last appended record (0 if none).
     fn last_position(&self) -> WalPosition;
     /// Every record up to this position is durable.

@@ -457,6 +457,9 @@ async fn confirm(
 
 #[async_trait]
 impl Wal for StreamWal {
+    fn failed(&self) -> Option<Arc<str>> {
+        self.shared.failed()
+    }
     fn append(&self, received_at: i64, payload: &[u8]) -> Result<WalPosition> {
         if let Some(e) = self.shared.failed() {
             return Err(Error::Wal(e.to_string()));
