@@ -8,7 +8,8 @@
 //!           role checked as if it had called the owner itself) + the Forwarded extension
 //! ```
 //! A forwarded call is never forwarded again, and carries exactly the caller's tenant and role:
-//! a drone key gains nothing by being forwarded. Only `vigie.v1.Ingest` accepts it.
+//! a drone key gains nothing by being forwarded. Only `vigie.v1.Ingest` and `vigie.v1.Alerts`
+//! accept it.
 
 use std::fmt;
 

@@ -33,12 +33,15 @@ const OPEN_SERVICES: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
 
-/// The only service other nodes forward calls to.
-const FORWARDABLE: &str = "/vigie.v1.Ingest/";
+/// What other nodes forward: writes, and alert subscriptions.
+const FORWARDABLE: &[&str] = &[INGEST, "/vigie.v1.Alerts/"];
+
+/// The drones' service.
+const INGEST: &str = "/vigie.v1.Ingest/";
 
 /// What the method at `path` needs; `None`: nothing (it is open, or checks credentials itself).
 fn access(path: &str) -> Option<Access> {
-    if path.starts_with(FORWARDABLE) {
+    if path.starts_with(INGEST) {
         Some(Access::Write)
     } else if path == HANDSHAKE_PATH || OPEN_SERVICES.iter().any(|s| path.starts_with(s)) {
         None
@@ -106,9 +109,9 @@ impl<S> AuthService<S> {
     ) -> Result<(crate::Principal, bool)> {
         let (principal, forwarded) = match &self.cluster {
             Some(secret) if ClusterSecret::is_cluster_call(authorization) => {
-                if !path.starts_with(FORWARDABLE) {
+                if !FORWARDABLE.iter().any(|p| path.starts_with(p)) {
                     return Err(Error::PermissionDenied(
-                        "node-to-node calls may only forward writes".into(),
+                        "node-to-node calls may only forward writes and subscriptions".into(),
                     ));
                 }
                 (secret.principal_of(authorization, headers)?, true)

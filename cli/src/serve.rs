@@ -169,15 +169,15 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
     let flight_sql = VigieFlightSql::new(sessions.clone(), auth.clone())
         .context("cannot create the Flight SQL service")?;
     let mut ingest = IngestService::new(engine.clone());
+    let mut alerts = AlertsService::new(engine.clone(), config.alert_queue);
     if let Some(forwarder) = crate::cluster::forwarder(&config)? {
-        ingest = ingest.with_forwarder(forwarder);
+        ingest = ingest.with_forwarder(forwarder.clone());
+        alerts = alerts.with_forwarder(forwarder);
     }
     ingest_slot.send_replace(Some(ingest.into_server(config.max_message_bytes)));
+    alerts_slot.send_replace(Some(alerts.into_server()));
     // Leases renewed and vacant tenants taken over until the shutdown starts.
     let cluster = engine.start_cluster(stop_serving.clone());
-    alerts_slot.send_replace(Some(
-        AlertsService::new(engine.clone(), config.alert_queue).into_server(),
-    ));
     flight_slot.send_replace(Some(
         flight_sql
             .into_server()

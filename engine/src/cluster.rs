@@ -67,7 +67,15 @@ impl Cluster {
             deadline,
         )
         .await?;
-        leases.heartbeat().await?;
+        // A bucket another node created an instant ago may not be routable from this node's
+        // server yet ("no stream found for given subject"): retry until the deadline.
+        while let Err(e) = leases.heartbeat().await {
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            warn!(error = %e, "cannot record this node in the lease bucket yet, retrying");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         info!(node = %leases.me().id, addr = %leases.me().addr, ttl = ?leases.ttl(), "joined the cluster");
         Ok(Self {
             leases,

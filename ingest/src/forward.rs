@@ -5,6 +5,7 @@
 //! drone ─Write─▶ follower ─ Forwarder::write: unary Write, authorization: Cluster <secret>,
 //!                          the caller's tenant and role ─▶ owner ─▶ WriteResponse ─▶ drone
 //!       owner unreachable, or no owner (takeover) ─▶ UNAVAILABLE: the drone retries
+//! dispatcher ─Subscribe─▶ follower ─ Forwarder::subscribe ─▶ owner's stream (see `alerts`)
 //! ```
 
 use std::collections::HashMap;
@@ -12,12 +13,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use vigie_auth::{ClusterSecret, Principal};
 use vigie_engine::NodeInfo;
+use vigie_proto::v1::alerts_client::AlertsClient;
 use vigie_proto::v1::ingest_client::IngestClient;
-use vigie_proto::v1::{WriteRequest, WriteResponse};
+use vigie_proto::v1::{Alert, SubscribeRequest, WriteRequest, WriteResponse};
+
+use crate::alerts::AFTER_HEADER;
 
 /// Makes a (lazily connecting) channel to a node's advertised address; the binary builds it,
 /// with its TLS settings.
@@ -70,6 +75,39 @@ impl Forwarder {
         })?;
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// Subscribes at `owner` on behalf of `caller`: the owner's stream, and the last alert it
+    /// had published when the subscription started (if it said).
+    pub(crate) async fn subscribe(
+        &self,
+        owner: &NodeInfo,
+        caller: &Principal,
+        from_id: Option<u64>,
+    ) -> Result<
+        (
+            std::pin::Pin<Box<dyn futures::Stream<Item = Result<Alert, Status>> + Send>>,
+            Option<u64>,
+        ),
+        Status,
+    > {
+        if owner.addr.is_empty() {
+            return Err(Status::unavailable(format!(
+                "node {} raises tenant {}'s alerts but advertises no address (--advertise-addr)",
+                owner.id, caller.tenant
+            )));
+        }
+        let mut call = Request::new(SubscribeRequest { from_id });
+        self.secret.authorize(&mut call, caller)?;
+        let response = AlertsClient::new(self.channel(&owner.addr)?)
+            .subscribe(call)
+            .await?;
+        let after = response
+            .metadata()
+            .get(AFTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok((response.into_inner().boxed(), after))
     }
 
     /// Sends `request` of `caller` to `owner`, and returns its answer.

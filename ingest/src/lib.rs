@@ -4,15 +4,18 @@
 //! drone ─Write / WriteStream─▶ IngestService ─▶ engine::Tenant::write ─▶ WriteResponse
 //!                               (one response per request, in order)
 //! dispatcher ─Subscribe(from_id?)─▶ AlertsService: stored alerts ≥ from_id, then live ones
+//!                                   (on a follower: proxied to the owner, see `alerts`)
 //! webhook task ─▶ POST JSON per alert (optional, `webhook`)
 //! cluster mode, tenant owned by another node ─▶ Forwarder: unary Write to the owner, on behalf
 //!                                               of the caller (vigie_auth::ClusterSecret)
 //! ```
 //! Engine errors become `tonic::Status` in [`status_of`], the one place that decides codes.
 
+mod alerts;
 mod forward;
 pub mod webhook;
 
+pub use alerts::AlertsService;
 pub use forward::{Connect, Forwarder};
 
 use std::pin::Pin;
@@ -28,9 +31,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
 use vigie_auth::{Forwarded, Principal};
 use vigie_engine::{Engine, Error as EngineError, ErrorKind, Tenant};
-use vigie_proto::v1::alerts_server::{Alerts, AlertsServer};
 use vigie_proto::v1::ingest_server::{Ingest, IngestServer};
-use vigie_proto::v1::{Alert, SubscribeRequest, WriteRequest, WriteResponse};
+use vigie_proto::v1::{WriteRequest, WriteResponse};
 
 /// Default limit of one decoded `WriteRequest`, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -53,13 +55,8 @@ pub fn status_of(error: &EngineError) -> Status {
     }
 }
 
-/// The open tenant of the request's principal (the auth layer of `vigie-auth` checked who calls).
-fn tenant_of<T>(engine: &Engine, request: &Request<T>) -> Result<Arc<Tenant>, Status> {
-    let principal = Principal::of(request)?;
-    open_tenant(engine, &principal)
-}
-
-fn open_tenant(engine: &Engine, principal: &Principal) -> Result<Arc<Tenant>, Status> {
+/// The open tenant of `principal` (the auth layer of `vigie-auth` checked who calls).
+pub(crate) fn open_tenant(engine: &Engine, principal: &Principal) -> Result<Arc<Tenant>, Status> {
     engine.tenant(&principal.tenant).ok_or_else(|| {
         Status::unavailable(format!(
             "tenant {} is not open on this server yet: retry in a few seconds",
@@ -195,119 +192,6 @@ impl Ingest for IngestService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Implements `vigie.v1.Alerts`: subscribers get their own tenant's alerts.
-#[derive(Debug, Clone)]
-pub struct AlertsService {
-    engine: Arc<Engine>,
-    queue: usize,
-}
-
-impl AlertsService {
-    /// A service publishing `engine`'s alerts; each subscriber may have `queue` alerts pending.
-    pub fn new(engine: Arc<Engine>, queue: usize) -> Self {
-        Self { engine, queue }
-    }
-
-    /// The tonic server for this service.
-    pub fn into_server(self) -> AlertsServer<Self> {
-        AlertsServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl Alerts for AlertsService {
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;
-
-    /// Without `from_id`: every alert raised after the call. With `from_id = N`: the stored alerts
-    /// with id ≥ N in order, then live ones, with no gap and no repeat. A subscriber whose queue
-    /// overflows gets `RESOURCE_EXHAUSTED` naming the last id delivered.
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let tenant = tenant_of(&self.engine, &request)?;
-        if !tenant.is_owner() {
-            return Err(Status::unavailable(match tenant.owner() {
-                Some(owner) => format!(
-                    "node {} ({}) raises tenant {}'s alerts: subscribe there",
-                    owner.id,
-                    owner.addr,
-                    tenant.name()
-                ),
-                None => format!(
-                    "no node raises tenant {}'s alerts right now (a takeover is under way): \
-                     retry in a few seconds",
-                    tenant.name()
-                ),
-            }));
-        }
-        let name = tenant.name().clone();
-        // Subscribe first: everything up to `after` is stored, everything later arrives live.
-        let subscription = tenant.hub().subscribe(self.queue);
-        let from = request.get_ref().from_id.map(|from| from.max(1));
-        let history = match from {
-            Some(from) => tenant
-                .read_alerts(from, subscription.after)
-                .await
-                .map_err(|e| status_of(&e))?,
-            None => Vec::new(),
-        };
-        // A `from_id` beyond the last published alert skips the live ones below it too.
-        let first_live = from.unwrap_or(0);
-        // The last id delivered, or taken as seen: what an overflow tells the subscriber.
-        let last = history
-            .last()
-            .map_or(subscription.after.max(first_live.saturating_sub(1)), |a| {
-                a.id
-            });
-        let overflow = subscription.overflow;
-        let queue = self.queue;
-        let live = futures::stream::unfold(
-            (subscription.alerts, last, false),
-            move |(mut rx, last, ended)| {
-                let overflow = overflow.clone();
-                let name = name.clone();
-                async move {
-                    if ended {
-                        return None;
-                    }
-                    let mut next = rx.recv().await;
-                    while next.as_ref().is_some_and(|a| a.id < first_live) {
-                        next = rx.recv().await;
-                    }
-                    match next {
-                        Some(alert) => {
-                            let id = alert.id;
-                            Some((Ok(alert), (rx, id, false)))
-                        }
-                        None if overflow.moved() => Some((
-                            Err(Status::unavailable(format!(
-                                "this node stopped raising tenant {name}'s alerts (another node \
-                                 took the tenant over); the last alert delivered is {last}: \
-                                 subscribe again with from_id = {}",
-                                last + 1
-                            ))),
-                            (rx, last, true),
-                        )),
-                        None if overflow.happened() => Some((
-                            Err(Status::resource_exhausted(format!(
-                                "this subscriber fell more than {queue} alerts behind and was \
-                                 disconnected; the last alert delivered is {last}: subscribe \
-                                 again with from_id = {}",
-                                last + 1
-                            ))),
-                            (rx, last, true),
-                        )),
-                        None => None,
-                    }
-                }
-            },
-        );
-        let stream = futures::stream::iter(history.into_iter().map(Ok)).chain(live);
-        Ok(Response::new(Box::pin(stream)))
     }
 }
 
