@@ -8,14 +8,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::file::{AuthFile, AuthStore, KEY_PREFIX, KeyRecord, UserRecord};
+use crate::file::{AuthFile, KEY_PREFIX, KeyRecord, UserRecord};
 use crate::principal::tenant_name;
 use crate::secret::{decode_basic, random_secret, sha256_hex, verify_password};
-use crate::{Error, Principal, Result};
+use crate::{CredentialStore, Error, Principal, Result};
 
 /// The credentials of one version of the file, ready to check calls against.
 #[derive(Debug, Default)]
@@ -72,12 +72,12 @@ impl Credentials {
 /// How many session tokens may exist at once; the oldest expire first beyond it.
 const MAX_TOKENS: usize = 100_000;
 
-/// Checks calls against the credentials file, which it re-reads when it changes.
+/// Checks calls against the credentials of a store, which it re-reads when they change.
 #[derive(Debug)]
 pub struct Authenticator {
-    store: AuthStore,
+    store: Arc<dyn CredentialStore>,
     credentials: RwLock<Arc<Credentials>>,
-    stamp: Mutex<Option<(SystemTime, u64)>>,
+    stamp: Mutex<Option<u64>>,
     /// Session tokens from the Flight SQL handshake: token → (principal, expiry).
     tokens: Mutex<HashMap<String, (Principal, Instant)>>,
     token_ttl: Duration,
@@ -88,8 +88,8 @@ impl Authenticator {
     pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
     /// Reads the store once; tokens from [`Authenticator::login`] live `token_ttl`.
-    pub fn open(store: AuthStore, token_ttl: Duration) -> Result<Self> {
-        let stamp = store.stamp();
+    pub fn open(store: Arc<dyn CredentialStore>, token_ttl: Duration) -> Result<Self> {
+        let stamp = store.version();
         let file = store.load()?;
         Ok(Self {
             store,
@@ -100,14 +100,19 @@ impl Authenticator {
         })
     }
 
-    /// The credentials file, read now.
+    /// The credentials, read now.
     pub fn file(&self) -> Result<AuthFile> {
         self.store.load()
     }
 
-    /// The file's new content when it changed since the last [`Authenticator::install`].
+    /// The store the credentials are read from.
+    pub fn store(&self) -> &Arc<dyn CredentialStore> {
+        &self.store
+    }
+
+    /// The credentials when they changed since the last call (or since [`Authenticator::open`]).
     pub fn read_if_changed(&self) -> Result<Option<AuthFile>> {
-        let stamp = self.store.stamp();
+        let stamp = self.store.version();
         if stamp == *self.stamp.lock() {
             return Ok(None);
         }
@@ -236,6 +241,7 @@ fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FileStore;
     use crate::Role;
     use base64::Engine as _;
 
@@ -251,8 +257,8 @@ mod tests {
     #[test]
     fn principals_are_checked_and_revocation_applies_on_install() {
         let dir = tempfile::tempdir().unwrap();
-        let store = AuthStore::new(dir.path());
-        let auth = Authenticator::open(store.clone(), Duration::from_secs(60)).unwrap();
+        let store = FileStore::new(dir.path());
+        let auth = Authenticator::open(Arc::new(store.clone()), Duration::from_secs(60)).unwrap();
         assert!(auth.is_open());
         assert_eq!(auth.authenticate(None).unwrap(), Principal::anonymous());
 
@@ -328,14 +334,15 @@ mod tests {
     #[test]
     fn tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let store = AuthStore::new(dir.path());
+        let store = FileStore::new(dir.path());
         store
             .update(|f| {
                 f.create_tenant("t", None, Vec::new())?;
                 f.create_key("t", Role::Analyst)
             })
             .map(|(_, key)| {
-                let auth = Authenticator::open(store.clone(), Duration::from_millis(1)).unwrap();
+                let auth =
+                    Authenticator::open(Arc::new(store.clone()), Duration::from_millis(1)).unwrap();
                 let (_, token) = auth.login(Some(&format!("Bearer {key}"))).unwrap();
                 std::thread::sleep(Duration::from_millis(5));
                 let r = auth.authenticate(Some(&format!("Bearer {token}")));

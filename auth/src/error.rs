@@ -26,6 +26,9 @@ pub enum Error {
     /// Too many open sessions.
     #[error("{0}")]
     Overloaded(String),
+    /// The shared credentials (cluster mode) cannot be reached now; retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// The credentials file cannot be understood (damaged, or not Vigie's).
     #[error("{0}")]
     Corrupt(String),
@@ -65,6 +68,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
             Error::Corrupt(_) | Error::Io { .. } | Error::Internal(_) => Code::Internal,
         }
     }

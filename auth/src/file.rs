@@ -1,23 +1,26 @@
-//! The credentials file: tenants, users and API keys, and the one way to change it.
+//! The credentials: tenants, users and API keys ([`AuthFile`]), and the file of a data dir
+//! that holds them on a single server ([`FileStore`]).
 //!
 //! ```text
-//! vigie admin create-… ─▶ AuthStore::update (exclusive lock, write temp file, fsync, rename)
+//! vigie admin create-… ─▶ FileStore::apply (exclusive lock, write temp file, fsync, rename)
 //!                                  │  <data_dir>/auth.json (0600)
 //! vigie serve: reload loop ─ Authenticator::read_if_changed ─▶ open new tenants ─▶ install
 //! ```
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use vigie_engine::store::TenantName;
 
 use crate::principal::tenant_name;
 use crate::secret::{hash_password, random_secret, sha256_hex};
-use crate::{Error, Result, Role};
+use crate::{CredentialStore, Error, Result, Role};
 
 /// API keys start with this, so a bearer value is known to be a key rather than a session token.
 pub(crate) const KEY_PREFIX: &str = "vigie_";
@@ -228,13 +231,13 @@ impl AuthFile {
     }
 }
 
-/// Where the credentials file lives, and the one way to change it.
+/// The credentials file of a data dir: the store of a single server.
 #[derive(Debug, Clone)]
-pub struct AuthStore {
+pub struct FileStore {
     path: PathBuf,
 }
 
-impl AuthStore {
+impl FileStore {
     /// The store of a data directory: `<data_dir>/auth.json`.
     pub fn new(data_dir: &Path) -> Self {
         Self {
@@ -263,7 +266,7 @@ impl AuthStore {
 
     /// Changes the file under an exclusive lock (several `vigie admin` at once are serialised)
     /// and replaces it atomically, so a reader sees the old or the new file, never a mix.
-    pub fn update<T>(&self, change: impl FnOnce(&mut AuthFile) -> Result<T>) -> Result<T> {
+    pub(crate) fn update<T>(&self, change: impl FnOnce(&mut AuthFile) -> Result<T>) -> Result<T> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
         let lock_path = self.path.with_extension("lock");
@@ -299,10 +302,32 @@ impl AuthStore {
             .map_err(|e| Error::io(dir, "sync", e))?;
         Ok(out)
     }
+}
 
-    pub(crate) fn stamp(&self) -> Option<(SystemTime, u64)> {
+#[async_trait]
+impl CredentialStore for FileStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn load(&self) -> Result<AuthFile> {
+        FileStore::load(self)
+    }
+
+    /// The file's modification time and length: the file is replaced whenever it changes.
+    fn version(&self) -> Option<u64> {
         let meta = std::fs::metadata(&self.path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (meta.modified().ok()?, meta.len()).hash(&mut hasher);
+        Some(hasher.finish())
+    }
+
+    async fn apply(
+        &self,
+        change: &mut (dyn for<'f> FnMut(&'f mut AuthFile) -> Result<()> + Send),
+    ) -> Result<()> {
+        // The lock serialises writers: the change runs once, on the newest file.
+        self.update(change)
     }
 }
 

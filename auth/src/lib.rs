@@ -3,8 +3,9 @@
 //! gRPC entry point. The storage engine knows none of it.
 //!
 //! ```text
-//! vigie admin ─▶ AuthStore::update ─▶ <data_dir>/auth.json (users: argon2id, keys: SHA-256)
-//!                                           │ read_if_changed / install
+//! vigie admin ─▶ update(CredentialStore) ─▶ FileStore: <data_dir>/auth.json (one server)
+//!                                         └▶ SharedStore: bucket <prefix>-auth (cluster mode)
+//!               (users: argon2id, keys: SHA-256)  │ read_if_changed / install
 //! gRPC call ─▶ AuthLayer ─▶ Authenticator::authenticate ─▶ Principal::may(Access)
 //!                 │ ok: request.extensions += Principal ─▶ service: Principal::of(request)
 //!                 └ refused: Error ─▶ tonic::Status (one mapping: Error::code)
@@ -24,11 +25,15 @@ mod file;
 mod layer;
 mod principal;
 mod secret;
+mod shared;
+mod store;
 
 pub use authenticator::Authenticator;
 pub use cluster::{ClusterSecret, Forwarded};
 pub use error::{Error, Result};
-pub use file::{AuthFile, AuthStore, KeyRecord, TenantRecord, UserRecord};
+pub use file::{AuthFile, FileStore, KeyRecord, TenantRecord, UserRecord};
 pub use layer::{AuthLayer, AuthService, HANDSHAKE_PATH};
 pub use principal::{Access, Principal, Role};
 pub use secret::{MIN_PASSWORD_CHARS, decode_basic};
+pub use shared::SharedStore;
+pub use store::{CredentialStore, update};

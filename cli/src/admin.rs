@@ -1,8 +1,10 @@
-//! `vigie admin`: tenants, users and API keys, on the data dir (safe while a server runs: the
-//! server re-reads the credentials file within a second).
+//! `vigie admin`: tenants, users and API keys, in the data dir's credentials file or, in
+//! cluster mode, the bucket every node shares (safe while servers run: they apply a change
+//! within a second).
 //!
 //! ```text
-//! vigie admin create-… ─▶ AuthStore::update (locked, atomic) ─▶ <data-dir>/auth.json
+//! vigie admin create-… ─▶ vigie_auth::update ─▶ <data-dir>/auth.json (locked, atomic)
+//!                      │                      └▶ --stream: bucket <prefix>-auth (per record, CAS)
 //!                      └▶ audit::append_committed ─▶ the tenant's audit_log (one Delta commit)
 //! ```
 
@@ -10,7 +12,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use vigie_auth::{AuthStore, Principal, Role};
+use vigie_auth::{CredentialStore, Principal, Role, update};
 use vigie_engine::audit::{AuditEvent, append_committed};
 use vigie_engine::store::{Lake, TenantName};
 
@@ -29,6 +31,38 @@ pub(crate) struct AdminArgs {
     /// [default: file://<data-dir>/lake].
     #[arg(long, env = "VIGIE_OBJECT_STORE", global = true)]
     object_store: Option<String>,
+    /// Cluster mode: the NATS servers of `vigie serve --stream`; the credentials are the
+    /// cluster's, in its bucket `<prefix>-auth`, rather than the data dir's.
+    #[arg(long, env = "VIGIE_STREAM", global = true)]
+    stream: Option<String>,
+    /// Cluster mode: replicas of the credentials bucket if this command creates it [default: 3].
+    #[arg(long, env = "VIGIE_STREAM_REPLICAS", global = true)]
+    stream_replicas: Option<usize>,
+    /// Cluster mode: the deployment's `--stream-prefix` [default: vigie].
+    #[arg(long, env = "VIGIE_STREAM_PREFIX", global = true)]
+    stream_prefix: Option<String>,
+    /// NATS user (with `VIGIE_STREAM_PASSWORD`).
+    #[arg(long, env = "VIGIE_STREAM_USER", global = true)]
+    stream_user: Option<String>,
+    /// NATS password of `--stream-user`.
+    #[arg(
+        long,
+        env = "VIGIE_STREAM_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    stream_password: Option<String>,
+    /// NATS token.
+    #[arg(
+        long,
+        env = "VIGIE_STREAM_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    stream_token: Option<String>,
+    /// PEM root certificates to trust for `tls://` NATS servers.
+    #[arg(long, env = "VIGIE_STREAM_TLS_CA", global = true)]
+    stream_tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -91,9 +125,17 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
         config: args.config,
         data_dir: args.data_dir,
         object_store: args.object_store,
+        stream: args.stream,
+        stream_replicas: args.stream_replicas,
+        stream_prefix: args.stream_prefix,
+        stream_user: args.stream_user,
+        stream_password: args.stream_password,
+        stream_token: args.stream_token,
+        stream_tls_ca: args.stream_tls_ca,
         ..ServeArgs::default()
     })?;
-    let store = AuthStore::new(&config.data_dir);
+    let store = config.credential_store().await?;
+    let store = store.as_ref();
     let admin = Principal {
         tenant: TenantName::default_tenant(),
         role: Role::Admin,
@@ -112,14 +154,17 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
             for rule in &alert_rules {
                 crate::config::parse_rule(rule)?;
             }
-            let tenant = store.update(|f| f.create_tenant(&name, retention, alert_rules))?;
+            let tenant = update(store, |f| {
+                f.create_tenant(&name, retention, alert_rules.clone())
+            })
+            .await?;
             writeln!(out, "created tenant {tenant}")?;
             (tenant, "create-tenant", format!("tenant {name}"))
         }
         AdminCommand::CreateUser { tenant, role, name } => {
             let role: Role = role.parse()?;
             let password = read_password()?;
-            store.update(|f| f.create_user(&tenant, &name, role, &password))?;
+            update(store, |f| f.create_user(&tenant, &name, role, &password)).await?;
             writeln!(out, "created {role} {name} in tenant {tenant}")?;
             (
                 TenantName::new(&tenant)?,
@@ -129,18 +174,18 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
         }
         AdminCommand::SetPassword { name } => {
             let password = read_password()?;
-            let tenant = store.update(|f| f.set_password(&name, &password))?;
+            let tenant = update(store, |f| f.set_password(&name, &password)).await?;
             writeln!(out, "changed the password of {name} (tenant {tenant})")?;
             (tenant, "set-password", format!("user {name}"))
         }
         AdminCommand::DeleteUser { name } => {
-            let tenant = store.update(|f| f.delete_user(&name))?;
+            let tenant = update(store, |f| f.delete_user(&name)).await?;
             writeln!(out, "deleted user {name} of tenant {tenant}")?;
             (tenant, "delete-user", format!("user {name}"))
         }
         AdminCommand::CreateKey { tenant, role } => {
             let role: Role = role.parse()?;
-            let (id, key) = store.update(|f| f.create_key(&tenant, role))?;
+            let (id, key) = update(store, |f| f.create_key(&tenant, role)).await?;
             writeln!(
                 out,
                 "created {role} key {id} in tenant {tenant}; it is shown only now:"
@@ -153,11 +198,11 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
             )
         }
         AdminCommand::RevokeKey { id } => {
-            let tenant = store.update(|f| f.revoke_key(&id))?;
+            let tenant = update(store, |f| f.revoke_key(&id)).await?;
             writeln!(out, "revoked key {id} of tenant {tenant}")?;
             (tenant, "revoke-key", format!("key {id}"))
         }
-        AdminCommand::List => return list(&store, &mut out),
+        AdminCommand::List => return list(store, &mut out),
     };
     let lake = Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
@@ -188,7 +233,7 @@ fn read_password() -> Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn list(store: &AuthStore, out: &mut impl Write) -> Result<()> {
+fn list(store: &dyn CredentialStore, out: &mut impl Write) -> Result<()> {
     let file = store.load()?;
     writeln!(out, "tenants:")?;
     for (name, t) in &file.tenants {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -104,6 +105,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "VIGIE_LEASE_TTL", value_parser = humantime::parse_duration)]
     #[serde(with = "humantime_serde")]
     pub(crate) lease_ttl: Option<Duration>,
+    /// Cluster mode: what this deployment's NATS streams and buckets are named after
+    /// (`<prefix>-<tenant>`, `<prefix>-leases`, `<prefix>-auth`), so that several deployments
+    /// share one NATS cluster [default: vigie].
+    #[arg(long, env = "VIGIE_STREAM_PREFIX")]
+    pub(crate) stream_prefix: Option<String>,
     /// Refuse writes (RESOURCE_EXHAUSTED) while this many bytes wait for the object store
     /// [default: a quarter of the machine's memory].
     #[arg(long, env = "VIGIE_MAX_BUFFER_BYTES")]
@@ -234,6 +240,7 @@ impl ServeArgs {
             cluster_secret,
             advertise_addr,
             lease_ttl,
+            stream_prefix,
             max_buffer_bytes,
             alert_queue,
             alert_webhook,
@@ -283,6 +290,9 @@ fn stream_settings(args: &ServeArgs) -> Result<Option<vigie_engine::StreamSettin
     settings.tls_ca = args.stream_tls_ca.clone();
     if let Some(ttl) = args.lease_ttl {
         settings.lease_ttl = ttl;
+    }
+    if let Some(prefix) = &args.stream_prefix {
+        settings.prefix = prefix.clone();
     }
     // The bound address fills it in when unset (serve knows it once listening).
     settings.advertise = args.advertise_addr.clone().unwrap_or_default();
@@ -352,6 +362,42 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Checks what only `vigie serve` needs: in cluster mode, the secret of node-to-node calls.
+    pub(crate) fn check_serving(&self) -> Result<()> {
+        if self.stream.is_some() && self.cluster_secret.is_none() {
+            bail!(
+                "cluster mode (--stream) needs --cluster-secret (or VIGIE_CLUSTER_SECRET): the \
+                 secret every node shares, so that nodes forward writes to each other"
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the credentials are: the data dir's file, or in cluster mode the bucket every
+    /// node shares (a data dir's own `auth.json` is then ignored, and said so).
+    pub(crate) async fn credential_store(&self) -> Result<Arc<dyn vigie_auth::CredentialStore>> {
+        let Some(stream) = &self.stream else {
+            return Ok(Arc::new(vigie_auth::FileStore::new(&self.data_dir)));
+        };
+        stream.check()?;
+        let context = vigie_engine::nats::connect(stream).await?;
+        let deadline = std::time::Instant::now() + stream.publish_timeout;
+        let store =
+            vigie_auth::SharedStore::open(&context, &stream.prefix, stream.replicas, deadline)
+                .await
+                .context("cannot read the cluster's credentials")?;
+        let local = vigie_auth::FileStore::new(&self.data_dir);
+        if local.path().exists() {
+            tracing::warn!(
+                file = %local.path().display(),
+                "cluster mode reads the credentials every node shares ({}); this data dir's own \
+                 file is ignored",
+                vigie_auth::CredentialStore::location(&store)
+            );
+        }
+        Ok(Arc::new(store))
+    }
+
     /// Merges the command line (with its environment) over the optional TOML file and defaults.
     pub(crate) fn resolve(args: ServeArgs) -> Result<Self> {
         let file = match &args.config {
@@ -379,15 +425,18 @@ impl Config {
             (Some(_), Some(secret)) => {
                 Some(vigie_auth::ClusterSecret::new(secret).context("invalid --cluster-secret")?)
             }
-            (Some(_), None) => bail!(
-                "cluster mode (--stream) needs --cluster-secret (or VIGIE_CLUSTER_SECRET): the \
-                 secret every node shares, so that nodes forward writes to each other"
-            ),
+            // Only a server needs it (`Config::serving`): admin and compact do not forward.
+            (Some(_), None) | (None, None) => None,
             (None, Some(_)) => bail!("--cluster-secret is for cluster mode: add --stream"),
-            (None, None) => None,
         };
-        if stream.is_none() && (args.advertise_addr.is_some() || args.lease_ttl.is_some()) {
-            bail!("--advertise-addr and --lease-ttl are for cluster mode: add --stream");
+        if stream.is_none()
+            && (args.advertise_addr.is_some()
+                || args.lease_ttl.is_some()
+                || args.stream_prefix.is_some())
+        {
+            bail!(
+                "--advertise-addr, --lease-ttl and --stream-prefix are for cluster mode: add --stream"
+            );
         }
         if stream.is_some() && args.alert_webhook.is_some() {
             bail!(
@@ -672,6 +721,7 @@ mod tests {
             vigie_engine::StreamSettings::DEFAULT_LEASE_TTL
         );
         assert_eq!(stream.advertise, "");
+        assert_eq!(stream.prefix, "vigie");
 
         // Cluster mode needs its secret, long enough; cluster options need cluster mode.
         let refused = |args: ServeArgs| {
@@ -679,6 +729,7 @@ mod tests {
                 data_dir: Some(dir.path().join("data")),
                 ..args
             })
+            .and_then(|c| c.check_serving())
             .unwrap_err();
             format!("{err:#}")
         };
@@ -701,6 +752,13 @@ mod tests {
         assert!(
             refused(ServeArgs {
                 lease_ttl: Some(Duration::from_secs(3)),
+                ..ServeArgs::default()
+            })
+            .contains("add --stream")
+        );
+        assert!(
+            refused(ServeArgs {
+                stream_prefix: Some("staging".into()),
                 ..ServeArgs::default()
             })
             .contains("add --stream")

@@ -90,9 +90,11 @@ async fn compact(config: config::Config) -> Result<()> {
     use anyhow::Context;
     let lake = vigie_engine::store::Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
-    let auth = vigie_auth::AuthStore::new(&config.data_dir)
+    let auth = config
+        .credential_store()
+        .await?
         .load()
-        .context("cannot read the credentials file")?;
+        .context("cannot read the credentials")?;
     let retention = auth
         .tenants
         .iter()

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{info, warn};
-use vigie_auth::{AuthFile, AuthLayer, AuthStore, Authenticator};
+use vigie_auth::{AuthFile, AuthLayer, Authenticator};
 use vigie_engine::TenantSettings;
 use vigie_engine::store::Lake;
 use vigie_engine::store::TenantName;
@@ -41,9 +41,10 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
         Some(addr) => Some((crate::metrics::install()?, addr)),
         None => None,
     };
+    config.check_serving()?;
     let auth = Arc::new(
-        Authenticator::open(AuthStore::new(&config.data_dir), config.token_ttl)
-            .context("cannot read the credentials file")?,
+        Authenticator::open(config.credential_store().await?, config.token_ttl)
+            .context("cannot read the credentials")?,
     );
     if auth.is_open() {
         if !config.grpc_addr.ip().is_loopback() {
@@ -61,7 +62,7 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
     } else if config.tls.is_none() && !config.grpc_addr.ip().is_loopback() {
         warn!(addr = %config.grpc_addr, "credentials travel in clear text: serve with --tls-cert/--tls-key outside loopback");
     }
-    let auth_file = auth.file().context("cannot read the credentials file")?;
+    let auth_file = auth.file().context("cannot read the credentials")?;
     let lake = Lake::open(&config.object_store)
         .with_context(|| format!("cannot open the lake at {}", config.object_store))?;
 

@@ -130,6 +130,10 @@ pub struct StreamSettings {
     /// The gRPC address other nodes forward writes of this node's tenants to (`http://host:port`
     /// or `https://…`); empty: this node's tenants cannot be written through other nodes.
     pub advertise: String,
+    /// What the names of this deployment's streams, subjects and buckets start with
+    /// (`<prefix>-<tenant>`, `<prefix>.<tenant>.wal`, `<prefix>-leases`), so that several
+    /// deployments share one NATS cluster without seeing each other's data.
+    pub prefix: String,
 }
 
 impl StreamSettings {
@@ -145,6 +149,8 @@ impl StreamSettings {
     pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
     /// Longest lease TTL.
     pub const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
+    /// The name prefix by default.
+    pub const DEFAULT_PREFIX: &str = "vigie";
 
     /// Settings for `servers` with the defaults above and no credentials.
     pub fn new(servers: Vec<String>) -> Self {
@@ -157,10 +163,12 @@ impl StreamSettings {
             tls_ca: None,
             lease_ttl: Self::DEFAULT_LEASE_TTL,
             advertise: String::new(),
+            prefix: Self::DEFAULT_PREFIX.to_string(),
         }
     }
 
-    fn check(&self) -> Result<()> {
+    /// Checks the ranges and names of the settings (also done by [`crate::Engine::open`]).
+    pub fn check(&self) -> Result<()> {
         if self.servers.is_empty() {
             return Err(Error::InvalidConfig(
                 "the stream needs at least one NATS server URL".into(),
@@ -182,6 +190,18 @@ impl StreamSettings {
                 "the lease TTL must be between {:?} and {:?}",
                 Self::MIN_LEASE_TTL,
                 Self::MAX_LEASE_TTL
+            )));
+        }
+        let prefix_ok = (1..=32).contains(&self.prefix.len())
+            && self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !prefix_ok {
+            return Err(Error::InvalidConfig(format!(
+                "the stream prefix {:?} must be 1 to 32 characters among lowercase letters, \
+                 digits, '_' and '-' (it starts NATS stream, subject and bucket names)",
+                self.prefix
             )));
         }
         let is_url = ["http://", "https://"]
@@ -209,6 +229,7 @@ impl std::fmt::Debug for StreamSettings {
             .field("tls_ca", &self.tls_ca)
             .field("lease_ttl", &self.lease_ttl)
             .field("advertise", &self.advertise)
+            .field("prefix", &self.prefix)
             .finish()
     }
 }
@@ -250,5 +271,23 @@ pub(crate) fn rules_for(
         server.to_vec()
     } else {
         vec![(DEFAULT_RULE.0.to_string(), DEFAULT_RULE.1.to_string())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_prefixes_are_checked() {
+        let mut settings = StreamSettings::new(vec!["nats://127.0.0.1:4222".into()]);
+        settings.check().unwrap();
+        settings.prefix = "staging-2".into();
+        settings.check().unwrap();
+        for bad in ["", "Vigie", "a.b", "a b", "x*", &"p".repeat(33)] {
+            settings.prefix = bad.to_string();
+            let err = settings.check().unwrap_err().to_string();
+            assert!(err.contains("stream prefix"), "{bad:?}: {err}");
+        }
     }
 }

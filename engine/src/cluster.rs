@@ -33,9 +33,6 @@ use crate::store::TenantName;
 use crate::tenant::TenantRole;
 use crate::{Engine, Result, Tenant, TenantSettings};
 
-/// The lease bucket of every Vigie node on the NATS cluster.
-const LEASE_BUCKET: &str = "vigie-leases";
-
 /// Ticks a follower waits on a vacant lease, when it holds its share already, before taking it.
 const VACANT_TICKS: u32 = 2;
 
@@ -60,7 +57,7 @@ impl Cluster {
         let deadline = Instant::now() + settings.publish_timeout;
         let leases = Leases::open(
             context,
-            LEASE_BUCKET,
+            &format!("{}-leases", settings.prefix),
             me,
             settings.lease_ttl,
             settings.replicas,

@@ -103,21 +103,7 @@ impl Leases {
             num_replicas: replicas,
             ..Default::default()
         };
-        let kv = loop {
-            let attempt = match context.create_key_value(config.clone()).await {
-                Ok(kv) => Ok(kv),
-                // Created by another node (with the same settings, or older ones: use it).
-                Err(created) => context.get_key_value(bucket).await.map_err(|_| created),
-            };
-            match attempt {
-                Ok(kv) => break kv,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::warn!(bucket, error = %e, "cannot open the lease bucket yet, retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(nats_error(&format!("cannot open bucket {bucket}"), e)),
-            }
-        };
+        let kv = crate::nats::open_bucket(context, config, deadline).await?;
         Ok(Self {
             kv,
             me,

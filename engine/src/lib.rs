@@ -22,6 +22,7 @@ mod flusher;
 pub mod host;
 mod lease;
 mod local_disk;
+pub mod nats;
 mod recovery;
 pub mod report;
 mod rollup;
@@ -83,7 +84,7 @@ impl Engine {
             // where the last commit of any owner left off.
             WalMode::Stream(settings) => (
                 "jetstream".to_string(),
-                Some(crate::wal::connect(settings).await?),
+                Some(crate::nats::connect(settings).await?),
             ),
         };
         let cluster = match (&args.wal, &jetstream) {

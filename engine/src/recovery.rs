@@ -80,6 +80,7 @@ impl Tenant {
                 let (wal, replay) = StreamWal::open(StreamWalArgs {
                     context,
                     tenant: name.clone(),
+                    prefix: settings.prefix.clone(),
                     replicas: settings.replicas,
                     publish_timeout: settings.publish_timeout,
                     after: committed,

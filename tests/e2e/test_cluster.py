@@ -389,3 +389,75 @@ def test_a_stream_option_error_is_clear(tmp_path):
     )
     assert out.returncode != 0
     assert "drop --wal" in out.stderr, out.stderr
+
+
+def test_the_credentials_are_the_clusters_and_a_prefix_keeps_deployments_apart(
+        nats, start_vigie, tmp_path, pb):
+    vigie_pb2, vigie_grpc = pb
+    lake = tmp_path / "lake"
+    lake.mkdir()
+
+    def admin(*more):
+        # From a machine with no node's data dir: the credentials live in NATS.
+        out = subprocess.run([vigie_bin(), "admin", "--data-dir", str(tmp_path / "admin"),
+                              "--object-store", lake.as_uri() + "/", "--stream", str(nats),
+                              *more], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def new_key(role):
+        lines = admin("create-key", "--tenant", "north", "--role", role).strip().splitlines()
+        return lines[-2].split(" key ")[1].split()[0], lines[-1]
+
+    admin("create-tenant", "north")
+    drone_id, drone = new_key("drone")
+    _, reader = new_key("analyst")
+    assert drone_id in admin("list")
+    assert not (tmp_path / "admin" / "auth.json").exists()
+
+    args = node_args(tmp_path, nats)
+    a = start_vigie(*args, data_dir=tmp_path / "a")
+    b = start_vigie(*args, data_dir=tmp_path / "b")
+    # Both nodes know the key; a, started first, owns north and b forwards to it.
+    for node in (a, b):
+        out = simulate(node.addr, *FLEET, "--api-key", drone)
+        assert "sent=1000" in out and "rejected=0" in out, out
+    as_reader = {"adbc.flight.sql.authorization_header": f"Bearer {reader}"}
+    import adbc_driver_flightsql.dbapi as flightsql
+    with flightsql.connect(a.uri, db_kwargs=as_reader) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports")
+        assert cur.fetchall() == [(1000, 1000)]
+
+    # A key revoked on one machine is refused by every node within a second or so.
+    admin("revoke-key", drone_id)
+    stubs = [vigie_grpc.IngestStub(grpc.insecure_channel(n.addr)) for n in (a, b)]
+    deadline = time.time() + 10
+    for stub in stubs:
+        while True:
+            try:
+                stub.Write(vigie_pb2.WriteRequest(), timeout=10,
+                           metadata=[("authorization", f"Bearer {drone}")])
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+                assert "revoked" in e.details(), e.details()
+                break
+            assert time.time() < deadline, "a revoked key was still accepted"
+            time.sleep(0.1)
+
+    # Another deployment on the same NATS cluster, under its own prefix, sees none of it: no
+    # credentials (the open mode), its own lake, streams and buckets.
+    other_lake = tmp_path / "other-lake"
+    other_lake.mkdir()
+    other_args = list(args)
+    other_args[other_args.index("--object-store") + 1] = other_lake.as_uri() + "/"
+    c = start_vigie(*other_args, "--stream-prefix", "other", data_dir=tmp_path / "c")
+    out = simulate(c.addr, *MORE)
+    assert "accepted=300 duplicates=0" in out, out
+    assert vigie_rows(c.uri, "SELECT count(*) FROM reports") == [(300,)]
+    streams = set()
+    url = f"http://127.0.0.1:{nats.monitor[0]}/jsz?streams=true"
+    with urllib.request.urlopen(url, timeout=2) as r:
+        for account in json.load(r).get("account_details", []):
+            streams |= {s["name"] for s in account.get("stream_detail", [])}
+    assert streams == {"vigie-north", "KV_vigie-leases", "KV_vigie-auth",
+                       "other-default", "KV_other-leases", "KV_other-auth"}, streams

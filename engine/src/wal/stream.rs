@@ -52,6 +52,8 @@ pub(crate) struct StreamWalArgs {
     pub context: jetstream::Context,
     /// Whose records the stream holds.
     pub tenant: TenantName,
+    /// The deployment's name prefix ([`crate::StreamSettings::prefix`]).
+    pub prefix: String,
     /// Replicas of the stream when it is created (an existing stream keeps its own).
     pub replicas: usize,
     /// How long a record may wait for its PubAck, retries included, before the log fails.
@@ -133,9 +135,9 @@ impl fmt::Debug for StreamWal {
     }
 }
 
-/// The stream holding `tenant`'s records.
-pub(crate) fn stream_name(tenant: &TenantName) -> String {
-    format!("vigie-{}", tenant.as_str())
+/// The stream holding `tenant`'s records in the deployment named by `prefix`.
+pub(crate) fn stream_name(prefix: &str, tenant: &TenantName) -> String {
+    format!("{prefix}-{}", tenant.as_str())
 }
 
 fn nats_error(what: &str, e: impl fmt::Display) -> Error {
@@ -146,8 +148,8 @@ impl StreamWal {
     /// Opens (creating when missing) the tenant's stream, claims it, and returns the records
     /// after `args.after` that it holds (claims left out).
     pub(crate) async fn open(args: StreamWalArgs) -> Result<(Self, Vec<WalRecord>)> {
-        let name = stream_name(&args.tenant);
-        let subject = format!("vigie.{}.wal", args.tenant.as_str());
+        let name = stream_name(&args.prefix, &args.tenant);
+        let subject = format!("{}.{}.wal", args.prefix, args.tenant.as_str());
         let config = stream::Config {
             name: name.clone(),
             subjects: vec![subject.clone()],
@@ -516,39 +518,4 @@ impl Wal for StreamWal {
             .map_err(|e| nats_error("cannot purge committed records", e))?;
         Ok(())
     }
-}
-
-/// Connects to the JetStream cluster of `settings`.
-pub(crate) async fn connect(settings: &crate::StreamSettings) -> Result<jetstream::Context> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("vigie")
-        .connection_timeout(Duration::from_secs(5));
-    if let Some((user, password)) = &settings.user {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(token) = &settings.token {
-        options = options.token(token.clone());
-    }
-    if let Some(ca) = &settings.tls_ca {
-        options = options.add_root_certificates(ca.clone());
-    }
-    let servers = settings
-        .servers
-        .iter()
-        .map(|s| {
-            s.parse::<async_nats::ServerAddr>().map_err(|e| {
-                Error::InvalidConfig(format!("NATS server URL {s:?} cannot be used: {e}"))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let client = options.connect(servers).await.map_err(|e| {
-        Error::Wal(format!(
-            "cannot connect to NATS at {}: {e}",
-            settings.servers.join(",")
-        ))
-    })?;
-    info!(servers = %settings.servers.join(","), "connected to NATS JetStream");
-    Ok(jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(client))
 }
