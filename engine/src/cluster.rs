@@ -208,7 +208,12 @@ impl Engine {
                 self.take_over(&tenant).await;
             }
         }
-        let owned = self.tenants().iter().filter(|t| t.is_owner()).count();
+        let mut owned = 0;
+        for tenant in self.tenants() {
+            owned += usize::from(tenant.is_owner());
+            metrics::gauge!("vigie_cluster_owner", "tenant" => tenant.name().to_string())
+                .set(if tenant.is_owner() { 1.0 } else { 0.0 });
+        }
         metrics::gauge!("vigie_cluster_owned_tenants").set(owned as f64);
         metrics::gauge!("vigie_cluster_live_nodes").set(nodes as f64);
     }
@@ -236,6 +241,8 @@ impl Engine {
                 self.tenants.write().insert(name.clone(), Arc::new(owner));
                 metrics::counter!("vigie_cluster_takeovers_total", "tenant" => name.to_string())
                     .increment(1);
+                metrics::histogram!("vigie_cluster_takeover_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 info!(tenant = %name, took = ?started.elapsed(), "took the tenant over");
             }
             Err(e) => {

@@ -101,13 +101,14 @@ impl Engine {
         })
     }
 
-    /// Runs retention, compaction and vacuum on every table of every tenant once.
+    /// Runs retention, compaction and vacuum on every table of every tenant this node owns
+    /// once (in cluster mode each tenant's owner maintains it; followers read its commits).
     pub async fn maintain_all(
         &self,
         args: &compaction::MaintenanceArgs,
     ) -> Result<Vec<(TenantName, TableKind, compaction::MaintenanceReport)>> {
         let mut reports = Vec::new();
-        for tenant in self.tenants() {
+        for tenant in self.tenants().into_iter().filter(|t| t.is_owner()) {
             let args = compaction::MaintenanceArgs {
                 retention: tenant.retention.or(args.retention),
                 ..args.clone()

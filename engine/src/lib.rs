@@ -19,6 +19,7 @@ pub mod compaction;
 mod dedupe;
 mod error;
 mod flusher;
+mod follow;
 pub mod host;
 mod lease;
 mod local_disk;

@@ -21,6 +21,7 @@ use tracing::info;
 use crate::alert::{AlertHub, RuleSet};
 use crate::args::{TenantSettings, WalMode, rules_for, window_micros};
 use crate::dedupe::DedupeIndex;
+use crate::follow::FollowerTail;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::table::{LiveTable, read_files};
@@ -117,10 +118,25 @@ impl Tenant {
             gauge: engine.gauge.clone(),
             max_buffer_bytes: args.max_buffer_bytes,
             counters: TenantCounters::new(&name),
+            tail: None,
             retention: settings.retention,
             settings,
         };
         if role == TenantRole::Follower {
+            if let (WalMode::Stream(settings), Some(context)) = (&args.wal, &engine.jetstream) {
+                for (table, covered) in [
+                    (&tenant.reports, reports_committed),
+                    (&tenant.alerts, alerts_committed),
+                    (&tenant.hourly, hourly_committed),
+                ] {
+                    table.follow(&tenant.wal_app_id, covered);
+                }
+                tenant.tail = Some(FollowerTail::new(
+                    context.clone(),
+                    settings.prefix.clone(),
+                    reports_committed.min(alerts_committed),
+                ));
+            }
             info!(tenant = %name, "following the tenant (another node owns its writes)");
             return Ok(tenant);
         }
@@ -197,7 +213,7 @@ impl Tenant {
     }
 
     /// The largest stored alert id (0 if none).
-    async fn max_alert_id(&self) -> Result<i64> {
+    pub(crate) async fn max_alert_id(&self) -> Result<i64> {
         let snapshot = self.alerts.snapshot();
         if snapshot.files.is_empty() {
             return Ok(0);

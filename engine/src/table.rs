@@ -78,6 +78,10 @@ struct State {
     next_chunk: u64,
     buffered_rows: usize,
     buffered_bytes: usize,
+    /// A follower's table: the Delta transaction id of the owners' commits, and the WAL
+    /// position its files cover (the buffer never holds rows of records up to it).
+    following: Option<Arc<str>>,
+    covered: WalPosition,
 }
 
 /// One table of one tenant: Delta on the object store plus its in-memory buffer.
@@ -131,6 +135,8 @@ impl LiveTable {
                 next_chunk: 0,
                 buffered_rows: 0,
                 buffered_bytes: 0,
+                following: None,
+                covered: 0,
             }),
             delta: tokio::sync::Mutex::new(delta),
             gauge,
@@ -140,14 +146,7 @@ impl LiveTable {
     /// The last WAL position a commit of `app_id` recorded (0 if none): records up to it are
     /// already in Delta and must not be replayed.
     pub async fn committed_wal_position(&self, app_id: &str) -> Result<WalPosition> {
-        let delta = self.delta.lock().await;
-        let Ok(state) = delta.snapshot() else {
-            return Ok(0);
-        };
-        let version = state
-            .transaction_version(delta.log_store().as_ref(), app_id)
-            .await?;
-        Ok(version.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        txn_position(&*self.delta.lock().await, app_id).await
     }
 
     /// Which table this is.
@@ -164,8 +163,11 @@ impl LiveTable {
             return;
         }
         debug_assert_eq!(batch.schema(), self.kind.schema());
+        self.push_locked(&mut self.state.write(), batch, wal_position);
+    }
+
+    fn push_locked(&self, s: &mut State, batch: RecordBatch, wal_position: WalPosition) {
         let bytes = batch.get_array_memory_size();
-        let mut s = self.state.write();
         debug_assert!(
             s.chunks
                 .back()
@@ -328,16 +330,7 @@ impl LiveTable {
     /// its commit conflicts with ours (Delta's concurrent-transaction check), and after it the
     /// rows up to its position are in Delta once, so ours must not be written again.
     async fn drop_covered(&self, delta: &DeltaTable, app_id: &str) -> Result<()> {
-        let Ok(state) = delta.snapshot() else {
-            return Ok(());
-        };
-        let Some(covered) = state
-            .transaction_version(delta.log_store().as_ref(), app_id)
-            .await?
-        else {
-            return Ok(());
-        };
-        let covered = u64::try_from(covered).unwrap_or(0);
+        let covered = txn_position(delta, app_id).await?;
         let dropped = self.drop_front(&mut self.state.write(), |c| {
             c.wal_position > 0 && c.wal_position <= covered
         });
@@ -375,11 +368,64 @@ impl LiveTable {
             return Ok(false);
         }
         let files = list_files(lake, &table_path(&self.tenant, self.kind), delta)?;
+        let following = self.state.read().following.clone();
+        let covered = match following {
+            Some(app_id) => Some(txn_position(delta, &app_id).await?),
+            None => None,
+        };
+        // Files and buffer change in one step: a snapshot never sees a row twice or not at all.
         let mut s = self.state.write();
         s.version = delta.version();
         s.files = files;
+        if let Some(covered) = covered {
+            s.covered = s.covered.max(covered);
+            let covered = s.covered;
+            self.drop_front(&mut s, |c| c.wal_position > 0 && c.wal_position <= covered);
+        }
         debug!(tenant = %self.tenant, table = self.kind.name(), version = ?s.version, "refreshed");
         Ok(true)
+    }
+}
+
+/// The last WAL position a commit of `app_id` recorded in `delta` (0 if none).
+async fn txn_position(delta: &DeltaTable, app_id: &str) -> Result<WalPosition> {
+    let Ok(state) = delta.snapshot() else {
+        return Ok(0);
+    };
+    let version = state
+        .transaction_version(delta.log_store().as_ref(), app_id)
+        .await?;
+    Ok(version.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+}
+
+/// A follower's table: the files of the owner's commits, and the rows of the stream records
+/// those commits do not cover yet (read from the tail of the stream), each row in exactly one.
+impl LiveTable {
+    /// Makes this a follower's table whose files cover WAL records up to `covered` under
+    /// `app_id`: from now on each refresh drops the buffered rows the new commits cover.
+    pub(crate) fn follow(&self, app_id: &str, covered: WalPosition) {
+        let mut s = self.state.write();
+        s.following = Some(app_id.into());
+        s.covered = covered;
+    }
+
+    /// The WAL position the files cover, as last refreshed (a follower's table).
+    pub(crate) fn covered(&self) -> WalPosition {
+        self.state.read().covered
+    }
+
+    /// Buffers the rows of WAL record `wal_position` unless the files cover it already or it
+    /// is buffered already.
+    pub(crate) fn push_uncovered(&self, batch: RecordBatch, wal_position: WalPosition) {
+        let mut s = self.state.write();
+        // A record already buffered (read again) is not buffered twice.
+        let newer = s
+            .chunks
+            .back()
+            .is_none_or(|c| c.wal_position < wal_position);
+        if wal_position > s.covered && newer && batch.num_rows() > 0 {
+            self.push_locked(&mut s, batch, wal_position);
+        }
     }
 }
 
@@ -547,4 +593,66 @@ pub(crate) async fn read_files(
     Ok(ctx
         .read_parquet(urls, ParquetReadOptions::default())
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditEvent, audit_batch};
+
+    fn rows(n: usize) -> RecordBatch {
+        let events: Vec<_> = (0..n)
+            .map(|_| AuditEvent::now("user:test", "admin", "query"))
+            .collect();
+        audit_batch(&events).unwrap()
+    }
+
+    fn total(table: &LiveTable) -> usize {
+        let snapshot = table.snapshot();
+        let files: usize = snapshot.files.iter().map(|f| f.num_rows.unwrap()).sum();
+        files
+            + snapshot
+                .buffered
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>()
+    }
+
+    /// A follower's table counts every row of every record once, whether it read a record from
+    /// the tail before or after the owner committed it.
+    #[tokio::test]
+    async fn a_follower_counts_each_record_once_across_the_owners_commits() {
+        let lake = crate::testing::memory_lake();
+        let tenant = TenantName::new("north").unwrap();
+        let owner = LiveTable::open(&lake, &tenant, TableKind::Audit, Arc::default())
+            .await
+            .unwrap();
+        let follower = LiveTable::open(&lake, &tenant, TableKind::Audit, Arc::default())
+            .await
+            .unwrap();
+        follower.follow("log", 0);
+        let mut read = 0;
+        for position in 1..=12u64 {
+            owner.push(rows(1), position);
+            if position % 3 == 0 {
+                owner.flush(&lake, "log").await.unwrap();
+            }
+            // The follower reads the tail on some rounds only, and refreshes on others.
+            if position % 2 == 0 {
+                for p in read + 1..=position {
+                    follower.push_uncovered(rows(1), p);
+                }
+                read = position;
+            }
+            if position % 4 == 1 {
+                follower.refresh(&lake).await.unwrap();
+            }
+            // Rows up to `covered` are in its files, the rows read after it in its buffer.
+            let want = read.max(follower.covered()) as usize;
+            assert_eq!(total(&follower), want, "position {position}");
+        }
+        follower.refresh(&lake).await.unwrap();
+        assert_eq!(follower.covered(), 12);
+        assert_eq!(total(&follower), 12);
+    }
 }

@@ -78,6 +78,8 @@ pub struct Tenant {
     pub(crate) gauge: Arc<AtomicUsize>,
     pub(crate) max_buffer_bytes: usize,
     pub(crate) counters: TenantCounters,
+    /// A follower in cluster mode: how far it read the tenant's stream.
+    pub(crate) tail: Option<crate::follow::FollowerTail>,
 }
 
 /// The tenant's Prometheus counters (no-ops when the binary installs no recorder).
@@ -421,7 +423,12 @@ impl Tenant {
     /// the reports flush wrote), deletes the WAL records every table has committed, and evicts
     /// old dedupe keys; returns the rows written. Stops at the first error (the unflushed rows
     /// stay buffered).
+    /// A follower writes nothing but its audit events: it reads the owner's commits instead.
     pub async fn flush(&self) -> Result<usize> {
+        if self.role == TenantRole::Follower {
+            self.follow_refresh().await?;
+            return Ok(self.audit.flush(&self.lake, &self.wal_app_id).await?.rows);
+        }
         let mut rows = 0;
         let mut committed = false;
         // Rows of records not yet durable wait for the next flush (or forever, if the log failed).

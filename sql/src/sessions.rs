@@ -139,13 +139,22 @@ impl Sessions {
         self.limits
     }
 
-    /// The session `principal` sees: its tenant's tables, and `audit_log` for admins.
+    /// The session `principal` sees: its tenant's tables, and `audit_log` for admins. On a
+    /// follower in cluster mode, its tables first catch up with the tenant's stream, so the
+    /// session's next query sees every report acknowledged before this call.
     pub async fn session(&self, principal: &Principal) -> Result<SqlEngine> {
         let admin = principal.role == Role::Admin;
         let key = (principal.tenant.clone(), admin);
         let tenant = self.engine.tenant(&principal.tenant).ok_or_else(|| {
             Error::Unavailable(format!(
                 "tenant {} is not open on this server yet: retry in a few seconds",
+                principal.tenant
+            ))
+        })?;
+        // A follower (cluster mode) reads what the owner logged since: read-your-writes.
+        tenant.catch_up().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot read tenant {}'s newest reports from the stream: {e}; retry",
                 principal.tenant
             ))
         })?;

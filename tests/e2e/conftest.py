@@ -86,7 +86,8 @@ def simulate(target: str | None, *args: str) -> str:
     cmd = [vigie_bin(), "simulate", *args]
     if target:
         cmd += ["--target", target]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, f"{cmd} exited {out.returncode}: {out.stderr[:3000]}"
     return out.stdout
 
 

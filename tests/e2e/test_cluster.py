@@ -99,13 +99,25 @@ def node_args(tmp_path, nats):
     # No timed flush: until a graceful stop, the reports exist only in JetStream.
     return ("--object-store", lake.as_uri() + "/", "--stream", str(nats), "--stream-replicas", "3",
             "--flush-interval", "1h", "--compact-interval", "0s", "--cluster-secret", SECRET,
-            "--lease-ttl", f"{LEASE_TTL}s")
+            "--lease-ttl", f"{LEASE_TTL}s", "--metrics-addr", "127.0.0.1:0")
+
+
+def wait_owner(node, tenant="default", timeout=LEASE_TTL * 10):
+    """Waits until `node` owns `tenant` (its `vigie_cluster_owner` gauge): a follower already
+    answers queries over the whole stream, but writes sent to it are forwarded to the owner,
+    which fail while that owner is dead and its lease not yet expired."""
+    want = f'vigie_cluster_owner{{tenant="{tenant}"}} 1'
+    deadline = time.time() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as r:
+            if want in r.read().decode().splitlines():
+                return
+        assert time.time() < deadline, f"{node.addr} never took {tenant} over"
+        time.sleep(0.2)
 
 
 def wait_rows(uri, sql, want, timeout=60):
-    """Polls `sql` until it answers `want`: a node that follows a tenant sees its committed rows
-    only, and becomes its owner (seeing the stream's rows) once the previous owner's lease
-    expired."""
+    """Polls `sql` until it answers `want`."""
     deadline = time.time() + timeout
     while True:
         got = vigie_rows(uri, sql)
@@ -132,9 +144,13 @@ def test_a_lost_node_loses_no_acknowledged_report(nats, start_vigie, tmp_path):
     a.kill()
     assert parquet_files(tmp_path) == []
     b = start_vigie(*args, data_dir=tmp_path / "b")
-    # b follows the tenant until a's lease expires, then takes it over.
-    wait_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports",
-              [(1000, 1000)], timeout=LEASE_TTL * 10)
+    # b follows the tenant, reading the stream a wrote: it sees every acknowledged report at
+    # once, before a's lease expires and b takes the tenant over.
+    assert vigie_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1000, 1000)]
+    wait_owner(b)
+    assert vigie_rows(b.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1000, 1000)]
     check_against_oracle(b.uri, dump)
     # The same alerts, under the same dense ids.
     assert vigie_rows(b.uri, "SELECT count(*), min(id), max(id) FROM alerts") == alerts
@@ -168,7 +184,8 @@ def test_a_paused_owner_steps_down_and_forwards(nats, start_vigie, tmp_path):
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         b = start_vigie(*args, data_dir=tmp_path / "b")
-        wait_rows(b.uri, "SELECT count(*) FROM reports", [(1000,)], timeout=LEASE_TTL * 10)
+        assert vigie_rows(b.uri, "SELECT count(*) FROM reports") == [(1000,)]
+        wait_owner(b)
         out = simulate(b.addr, *MORE)
         assert "accepted=300 duplicates=0" in out, out
     finally:
@@ -346,23 +363,30 @@ def test_three_nodes_take_writes_and_the_owner_may_die_under_load(
         assert answer.accepted + answer.duplicates == 10, answer
         duplicates += answer.duplicates
         acknowledged += 10
+        if n == 50:
+            # Read-your-writes on every node: the followers read the owner's stream tail.
+            for node in nodes:
+                assert vigie_rows(node.uri, "SELECT count(*), count(*) FILTER (WHERE seq = 50) "
+                                            "FROM reports") == [(510, 10)], node.addr
+                assert vigie_rows(node.uri, "SELECT count(*), max(id) FROM alerts") \
+                    == [(51, 51)], node.addr
     # While the owner lived, every write through any node succeeded the first time.
     assert retries_before_kill == 0
     assert acknowledged == 2400
 
-    # One of the two survivors took the tenant over: it sees every report (from its buffer and
-    # the replayed stream), the other one only what is committed (nothing: no flush yet).
+    # One of the two survivors took the tenant over (replaying the stream), the other follows
+    # it (reading the stream's tail): both see every report once, nothing is flushed yet.
     survivors = [i for i in range(3) if i != owner]
-    counts = {i: vigie_rows(nodes[i].uri, "SELECT count(*) FROM reports")[0][0] for i in survivors}
-    new_owner = max(counts, key=counts.get)
-    assert vigie_rows(nodes[new_owner].uri,
-                      "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
-        == [(2400, 2400)]
-    # Alert ids stay dense across the takeover: the replay re-derived the same ids.
-    assert vigie_rows(nodes[new_owner].uri, "SELECT count(*), min(id), max(id) FROM alerts") \
-        == [(240, 1, 240)]
-    # A dispatcher subscribing to the new owner from the start gets every id once, in order.
-    alerts = vigie_grpc.AlertsStub(grpc.insecure_channel(nodes[new_owner].addr))
+    for i in survivors:
+        assert vigie_rows(nodes[i].uri,
+                          "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+            == [(2400, 2400)], i
+        # Alert ids stay dense across the takeover: the replay re-derived the same ids, and so
+        # did the follower.
+        assert vigie_rows(nodes[i].uri, "SELECT count(*), min(id), max(id) FROM alerts") \
+            == [(240, 1, 240)], i
+    # A dispatcher subscribing from the start gets every id once, in order.
+    alerts = vigie_grpc.AlertsStub(grpc.insecure_channel(nodes[survivors[0]].addr))
     stream = alerts.Subscribe(vigie_pb2.SubscribeRequest(from_id=1), timeout=30)
     ids = [next(stream).id for _ in range(240)]
     stream.cancel()
@@ -379,6 +403,59 @@ def test_three_nodes_take_writes_and_the_owner_may_die_under_load(
     last = start_vigie(*args, data_dir=tmp_path / "last")
     assert vigie_rows(last.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
         == [(2400, 2400)]
+
+
+def test_a_follower_reads_its_writes_while_the_owner_flushes(nats, start_vigie, tmp_path, pb):
+    vigie_pb2, vigie_grpc = pb
+    args = list(node_args(tmp_path, nats))
+    # The owner commits every 200 ms (and purges the stream), the follower refreshes as often:
+    # every answer must still count each acknowledged report exactly once.
+    args[args.index("--flush-interval") + 1] = "200ms"
+    a = start_vigie(*args, data_dir=tmp_path / "a")
+    b = start_vigie(*args, data_dir=tmp_path / "b")
+    stubs = [vigie_grpc.IngestStub(grpc.insecure_channel(n.addr)) for n in (a, b)]
+    import adbc_driver_flightsql.dbapi as flightsql
+    conns = [flightsql.connect(n.uri) for n in (a, b)]
+
+    def batch(n):
+        # Ten drones' minute n; drone 0 sees a low score: one alert per batch.
+        reports = []
+        for k in range(10):
+            report = vigie_pb2.DroneReport(drone_id=f"drone-{k}", seq=n, latitude=48.85,
+                                           longitude=2.35)
+            report.time.FromSeconds(1_767_225_600 + n * 60)
+            if k == 0:
+                report.citizens.add(name="x", score=5.0)
+            reports.append(report)
+        return reports
+
+    try:
+        for n in range(80):
+            answer = stubs[n % 2].Write(vigie_pb2.WriteRequest(reports=batch(n)), timeout=30)
+            assert (answer.accepted, answer.duplicates) == (10, 0), answer
+            for i, conn in enumerate(conns):
+                with conn.cursor() as cur:
+                    cur.execute("SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports")
+                    assert cur.fetchall() == [(10 * (n + 1), 10 * (n + 1))], (i, n)
+                    cur.execute("SELECT count(*), min(id), max(id) FROM alerts")
+                    assert cur.fetchall() == [(n + 1, 1, n + 1)], (i, n)
+        # Writes the follower does not read for a while: the owner commits and purges them
+        # from the stream, so the follower finds them in the owner's commits.
+        for n in range(80, 120):
+            answer = stubs[0].Write(vigie_pb2.WriteRequest(reports=batch(n)), timeout=30)
+            assert (answer.accepted, answer.duplicates) == (10, 0), answer
+            time.sleep(0.02)
+        time.sleep(1)
+        with conns[1].cursor() as cur:
+            cur.execute("SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports")
+            assert cur.fetchall() == [(1200, 1200)]
+            cur.execute("SELECT count(*), min(id), max(id) FROM alerts")
+            assert cur.fetchall() == [(120, 1, 120)]
+    finally:
+        for conn in conns:
+            conn.close()
+    # The owner did commit meanwhile: the follower's answers came from files and tail together.
+    assert parquet_files(tmp_path) != []
 
 
 def test_a_stream_option_error_is_clear(tmp_path):

@@ -28,7 +28,7 @@ mod segment;
 mod stream;
 
 pub(crate) use local::{LocalWal, LocalWalArgs};
-pub(crate) use stream::{StreamWal, StreamWalArgs};
+pub(crate) use stream::{StreamTail, StreamWal, StreamWalArgs};
 
 /// Position of a record in the log: 1 for the first record ever, then +1 per record.
 pub(crate) type WalPosition = u64;

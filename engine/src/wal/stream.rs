@@ -187,7 +187,8 @@ impl StreamWal {
         let claim = claim(&args.context, &stream, &shared).await?;
         shared.last.store(claim, Ordering::SeqCst);
         shared.durable.store(claim, Ordering::SeqCst);
-        let replay = read_records(&stream, &shared, args.after, claim).await?;
+        let names = (shared.stream_name.as_str(), shared.subject.as_str());
+        let (replay, _) = read_records(&stream, names, args.after, claim - 1).await?;
         let took = started.elapsed();
         metrics::histogram!("vigie_stream_takeover_seconds", "stream" => name.clone())
             .record(took.as_secs_f64());
@@ -254,16 +255,19 @@ async fn claim(
     }
 }
 
-/// The records after `after` up to `upto` (claims left out), in order.
+/// The records after `after` up to `last` included (claims left out), in order, and the
+/// position reading started at: after `after + 1` when the owner purged records already
+/// (committed by every table).
 async fn read_records(
     stream: &stream::Stream,
-    shared: &Shared,
+    names: (&str, &str),
     after: WalPosition,
-    upto: WalPosition,
-) -> Result<Vec<WalRecord>> {
+    last: WalPosition,
+) -> Result<(Vec<WalRecord>, WalPosition)> {
+    let (stream_name, subject) = names;
     let mut records = Vec::new();
-    if after + 1 >= upto {
-        return Ok(records);
+    if after >= last {
+        return Ok((records, after + 1));
     }
     // Records before the first kept one were purged once every table had committed them (a
     // table that never commits, like the alerts of a quiet tenant, keeps an older position).
@@ -274,15 +278,15 @@ async fn read_records(
         .state
         .first_sequence;
     let start = (after + 1).max(first);
-    if start >= upto {
-        return Ok(records);
+    if start > last {
+        return Ok((records, start));
     }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
-            filter_subject: shared.subject.clone(),
+            filter_subject: subject.to_string(),
             ..Default::default()
         })
         .await
@@ -297,29 +301,99 @@ async fn read_records(
             .info()
             .map_err(|e| nats_error("a stream message has no sequence", e))?
             .stream_sequence;
-        if position >= upto {
+        if position > last {
             break;
         }
-        let headers = message.headers.as_ref();
-        if headers.is_some_and(|h| h.get(CLAIM).is_some()) {
+        // An ordered consumer reset before its first message starts again from the stream's
+        // first one (async-nats recreates it with DeliverPolicy::All): skip what is not asked.
+        if position < start {
             continue;
         }
-        let received_at = headers
-            .and_then(|h| h.get(RECEIVED_AT))
-            .and_then(|v| v.as_str().parse().ok())
-            .ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "stream {} record {position} has no {RECEIVED_AT} header",
-                    shared.stream_name
-                ))
-            })?;
-        records.push(WalRecord {
-            position,
-            received_at,
-            payload: message.payload.clone(),
-        });
+        let headers = message.headers.as_ref();
+        if headers.is_none_or(|h| h.get(CLAIM).is_none()) {
+            let received_at = headers
+                .and_then(|h| h.get(RECEIVED_AT))
+                .and_then(|v| v.as_str().parse().ok())
+                .ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "stream {stream_name} record {position} has no {RECEIVED_AT} header"
+                    ))
+                })?;
+            records.push(WalRecord {
+                position,
+                received_at,
+                payload: message.payload.clone(),
+            });
+        }
+        if position == last {
+            break;
+        }
     }
-    Ok(records)
+    Ok((records, start))
+}
+
+/// A follower's read-only view of a tenant's stream: the records its owner appended and has not
+/// purged yet (they are what no Delta commit covers).
+#[derive(Clone)]
+pub(crate) struct StreamTail {
+    stream: stream::Stream,
+    name: String,
+    subject: String,
+}
+
+impl fmt::Debug for StreamTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamTail")
+            .field("stream", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamTail {
+    /// The tenant's stream, if an owner created it already.
+    pub(crate) async fn open(
+        context: &jetstream::Context,
+        prefix: &str,
+        tenant: &TenantName,
+    ) -> Result<Option<Self>> {
+        let name = stream_name(prefix, tenant);
+        match context.get_stream(&name).await {
+            Ok(stream) => Ok(Some(Self {
+                stream,
+                subject: format!("{prefix}.{}.wal", tenant.as_str()),
+                name,
+            })),
+            Err(e) => match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(nats_error(&format!("cannot open stream {name}"), e)),
+            },
+        }
+    }
+
+    /// The first and last sequences the stream holds now (`first > last` when it is empty).
+    pub(crate) async fn bounds(&self) -> Result<(WalPosition, WalPosition)> {
+        let state = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| nats_error("cannot read the stream's state", e))?
+            .state;
+        Ok((state.first_sequence, state.last_sequence))
+    }
+
+    /// The records after `after` up to `last` included, claims left out, and the position
+    /// reading started at (after `after + 1` when the owner purged records meanwhile).
+    pub(crate) async fn read(
+        &self,
+        after: WalPosition,
+        last: WalPosition,
+    ) -> Result<(Vec<WalRecord>, WalPosition)> {
+        read_records(&self.stream, (&self.name, &self.subject), after, last).await
+    }
 }
 
 /// Publishes the records in order, pipelined; on a failed ack, confirms the unacknowledged ones
