@@ -41,6 +41,6 @@ step "fuzz the ingest decode + validation path (bounded: 5000 cases per property
 PROPTEST_CASES="${PROPTEST_CASES:-5000}" cargo test --workspace --locked --test fuzz_ingest
 
 step "end-to-end tests (pytest)"
-VIGIE_BIN="$CARGO_TARGET_DIR/debug/vigie" .venv/bin/pytest -q -W "ignore:Cannot disable autocommit" tests/e2e
+VIGIE_BIN="$CARGO_TARGET_DIR/debug/vigie" .venv/bin/pytest -q -o faulthandler_timeout=600 -W "ignore:Cannot disable autocommit" tests/e2e
 
 step "all tests passed"

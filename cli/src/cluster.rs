@@ -1,5 +1,5 @@
-//! `vigie serve` in cluster mode: the address this node advertises, and the forwarder that
-//! sends writes of tenants other nodes own to them.
+//! `vigie serve` in cluster mode: the node's roles, the address it advertises, and the
+//! forwarder that sends writes of tenants other nodes own to them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +10,72 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use vigie_ingest::{Connect, Forwarder};
 
 use crate::config::Config;
+
+/// One part a node plays in the cluster (`--role`, several separated by commas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    /// Takes drones' writes (`vigie.v1.Ingest`), forwarding those of tenants others own.
+    Ingest,
+    /// May own tenants: dedupes, logs, raises alerts, flushes and maintains their tables.
+    Process,
+    /// Answers Flight SQL.
+    Query,
+}
+
+/// What this node does; every role outside cluster mode. `Alerts.Subscribe` and writes
+/// forwarded by other nodes are served whatever the roles (a node without `process` owns no
+/// tenant, so nothing is forwarded to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Roles {
+    pub(crate) ingest: bool,
+    pub(crate) process: bool,
+    pub(crate) query: bool,
+}
+
+impl Roles {
+    /// Every role: the default, and the only choice of the embedded server.
+    pub(crate) const ALL: Self = Self {
+        ingest: true,
+        process: true,
+        query: true,
+    };
+
+    /// The roles `--role` lists (`None`: every role).
+    pub(crate) fn from_list(list: Option<&[Role]>, cluster: bool) -> Result<Self> {
+        let Some(list) = list else {
+            return Ok(Self::ALL);
+        };
+        if list.is_empty() {
+            bail!("--role needs at least one of ingest, process, query");
+        }
+        let roles = Self {
+            ingest: list.contains(&Role::Ingest),
+            process: list.contains(&Role::Process),
+            query: list.contains(&Role::Query),
+        };
+        if !cluster && roles != Self::ALL {
+            bail!(
+                "--role is for cluster mode (add --stream): the embedded server plays every role"
+            );
+        }
+        Ok(roles)
+    }
+
+    /// The names of the roles this node plays, for logs and errors.
+    pub(crate) fn names(&self) -> String {
+        [
+            (self.ingest, "ingest"),
+            (self.process, "process"),
+            (self.query, "query"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
 
 /// How long a forwarded write may wait for its owner beyond the owner's own publish timeout.
 const FORWARD_MARGIN: Duration = Duration::from_secs(5);

@@ -110,6 +110,11 @@ pub(crate) struct ServeArgs {
     /// share one NATS cluster [default: vigie].
     #[arg(long, env = "VIGIE_STREAM_PREFIX")]
     pub(crate) stream_prefix: Option<String>,
+    /// Cluster mode: what this node does, among `ingest` (drones' writes), `process` (owning
+    /// tenants: dedupe, alerts, flushes) and `query` (Flight SQL), separated by commas
+    /// [default: ingest,process,query].
+    #[arg(long, env = "VIGIE_ROLE", value_delimiter = ',')]
+    pub(crate) role: Option<Vec<crate::cluster::Role>>,
     /// Refuse writes (RESOURCE_EXHAUSTED) while this many bytes wait for the object store
     /// [default: a quarter of the machine's memory].
     #[arg(long, env = "VIGIE_MAX_BUFFER_BYTES")]
@@ -241,6 +246,7 @@ impl ServeArgs {
             advertise_addr,
             lease_ttl,
             stream_prefix,
+            role,
             max_buffer_bytes,
             alert_queue,
             alert_webhook,
@@ -339,6 +345,8 @@ pub(crate) struct Config {
     pub(crate) wal_dir: Option<PathBuf>,
     /// `Some`: cluster mode, the WAL on NATS JetStream.
     pub(crate) stream: Option<vigie_engine::StreamSettings>,
+    /// What this node does (every role outside cluster mode).
+    pub(crate) roles: crate::cluster::Roles,
     /// Cluster mode's shared secret (always set in cluster mode).
     pub(crate) cluster_secret: Option<vigie_auth::ClusterSecret>,
     pub(crate) wal_max_delay: Duration,
@@ -406,7 +414,11 @@ impl Config {
         };
         let args = args.over(file);
         let query_limits = query_limits(&args);
-        let stream = stream_settings(&args)?;
+        let mut stream = stream_settings(&args)?;
+        let roles = crate::cluster::Roles::from_list(args.role.as_deref(), stream.is_some())?;
+        if let Some(stream) = &mut stream {
+            stream.process = roles.process;
+        }
         let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("vigie-data"));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -469,6 +481,7 @@ impl Config {
                 .wal_segment_bytes
                 .unwrap_or(EngineArgs::DEFAULT_WAL_SEGMENT_BYTES),
             stream,
+            roles,
             cluster_secret,
             max_buffer_bytes: args
                 .max_buffer_bytes

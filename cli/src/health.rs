@@ -51,6 +51,9 @@ pub(crate) struct Health {
     phase: Arc<AtomicU8>,
     reporter: HealthReporter,
     lake: Lake,
+    /// Services this node does not serve to clients (its `--role`): NOT_SERVING whatever the
+    /// phase, so that load balancers send them elsewhere.
+    disabled: Arc<[&'static str]>,
 }
 
 impl std::fmt::Debug for Health {
@@ -65,12 +68,17 @@ impl std::fmt::Debug for Health {
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Health {
-    /// Starting, with every service NOT_SERVING.
-    pub(crate) async fn starting(reporter: HealthReporter, lake: Lake) -> Self {
+    /// Starting, with every service NOT_SERVING; those in `disabled` stay so.
+    pub(crate) async fn starting(
+        reporter: HealthReporter,
+        lake: Lake,
+        disabled: Vec<&'static str>,
+    ) -> Self {
         let health = Self {
             phase: Arc::new(AtomicU8::new(Phase::Starting as u8)),
             reporter,
             lake,
+            disabled: disabled.into(),
         };
         health.report(ServingStatus::NotServing).await;
         health
@@ -96,6 +104,11 @@ impl Health {
 
     async fn report(&self, status: ServingStatus) {
         for service in SERVICES {
+            let status = if self.disabled.contains(service) {
+                ServingStatus::NotServing
+            } else {
+                status
+            };
             self.reporter.set_service_status(*service, status).await;
         }
     }
@@ -127,7 +140,16 @@ impl Health {
 /// if start-up fails they get UNAVAILABLE.
 #[derive(Debug)]
 pub(crate) struct Deferred<S> {
-    service: watch::Receiver<Option<S>>,
+    service: watch::Receiver<Option<Slot<S>>>,
+}
+
+/// What a [`Deferred`] service answers with once the server started.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot<S> {
+    /// The real service.
+    Serving(S),
+    /// Every call refused `UNAVAILABLE` with this message (a role this node does not play).
+    Refusing(String),
 }
 
 impl<S> Clone for Deferred<S> {
@@ -140,7 +162,7 @@ impl<S> Clone for Deferred<S> {
 
 impl<S> Deferred<S> {
     /// The deferred service, and where to put the real one when it exists.
-    pub(crate) fn new() -> (Self, watch::Sender<Option<S>>) {
+    pub(crate) fn new() -> (Self, watch::Sender<Option<Slot<S>>>) {
         let (sender, service) = watch::channel(None);
         (Self { service }, sender)
     }
@@ -176,7 +198,8 @@ where
                 .ok()
                 .and_then(|s| s.clone());
             match service {
-                Some(service) => tower::ServiceExt::oneshot(service, request).await,
+                Some(Slot::Serving(service)) => tower::ServiceExt::oneshot(service, request).await,
+                Some(Slot::Refusing(why)) => Ok(tonic::Status::unavailable(why).into_http()),
                 None => Ok(
                     tonic::Status::unavailable("the server could not start; see its log")
                         .into_http(),
@@ -194,7 +217,7 @@ mod tests {
     async fn phases_show_on_the_health_service_and_readyz() {
         let (reporter, _server) = tonic_health::server::health_reporter();
         let lake = Lake::open(&url::Url::parse("memory:///lake").unwrap()).unwrap();
-        let health = Health::starting(reporter, lake).await;
+        let health = Health::starting(reporter.clone(), lake, vec!["vigie.v1.Ingest"]).await;
         assert!(health.ready().await.unwrap_err().starts_with("starting"));
         health.set(Phase::Ready).await;
         assert_eq!(health.ready().await, Ok(()));

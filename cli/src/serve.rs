@@ -29,7 +29,7 @@ use vigie_ingest::{AlertsService, IngestService};
 use vigie_sql::Sessions;
 
 use crate::config::{Config, TlsFiles};
-use crate::health::{Deferred, Health, Phase};
+use crate::health::{Deferred, Health, Phase, Slot};
 
 pub(crate) async fn run(mut config: Config) -> Result<()> {
     info!(?config, "starting");
@@ -96,10 +96,18 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
         None => None,
     };
     stdout.flush()?;
-    info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), "listening");
+    info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), roles = %config.roles.names(), "listening");
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::starting(reporter, lake.clone()).await;
+    let roles = config.roles;
+    let disabled = [
+        (!roles.ingest, "vigie.v1.Ingest"),
+        (!roles.query, "arrow.flight.protocol.FlightService"),
+    ]
+    .into_iter()
+    .filter_map(|(off, service)| off.then_some(service))
+    .collect();
+    let health = Health::starting(reporter, lake.clone(), disabled).await;
     let stop_serving = CancellationToken::new();
     let stop_flushing = CancellationToken::new();
     // Probes keep answering (503 while draining) until the very end.
@@ -175,15 +183,31 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
         ingest = ingest.with_forwarder(forwarder.clone());
         alerts = alerts.with_forwarder(forwarder);
     }
-    ingest_slot.send_replace(Some(ingest.into_server(config.max_message_bytes)));
-    alerts_slot.send_replace(Some(alerts.into_server()));
+    if !roles.ingest {
+        ingest = ingest.refusing_drone_writes(format!(
+            "this node takes no writes from drones (--role {}): send them to a node with the \
+             ingest role",
+            roles.names()
+        ));
+    }
+    ingest_slot.send_replace(Some(Slot::Serving(
+        ingest.into_server(config.max_message_bytes),
+    )));
+    alerts_slot.send_replace(Some(Slot::Serving(alerts.into_server())));
     // Leases renewed and vacant tenants taken over until the shutdown starts.
     let cluster = engine.start_cluster(stop_serving.clone());
-    flight_slot.send_replace(Some(
-        flight_sql
-            .into_server()
-            .max_decoding_message_size(config.max_message_bytes),
-    ));
+    flight_slot.send_replace(Some(if roles.query {
+        Slot::Serving(
+            flight_sql
+                .into_server()
+                .max_decoding_message_size(config.max_message_bytes),
+        )
+    } else {
+        Slot::Refusing(format!(
+            "this node answers no SQL (--role {}): query a node with the query role",
+            roles.names()
+        ))
+    }));
     health.set(Phase::Ready).await;
     info!("ready");
     // The line scripts and tests wait for before their first call (after `listening on`, which

@@ -134,6 +134,10 @@ pub struct StreamSettings {
     /// (`<prefix>-<tenant>`, `<prefix>.<tenant>.wal`, `<prefix>-leases`), so that several
     /// deployments share one NATS cluster without seeing each other's data.
     pub prefix: String,
+    /// Whether this node may own tenants (`--role` with `process`): dedupe, log, raise alerts
+    /// and flush them. A node that may not only follows: it forwards writes and answers
+    /// queries (a stateless query or ingest node).
+    pub process: bool,
 }
 
 impl StreamSettings {
@@ -164,6 +168,7 @@ impl StreamSettings {
             lease_ttl: Self::DEFAULT_LEASE_TTL,
             advertise: String::new(),
             prefix: Self::DEFAULT_PREFIX.to_string(),
+            process: true,
         }
     }
 
@@ -230,6 +235,7 @@ impl std::fmt::Debug for StreamSettings {
             .field("lease_ttl", &self.lease_ttl)
             .field("advertise", &self.advertise)
             .field("prefix", &self.prefix)
+            .field("process", &self.process)
             .finish()
     }
 }

@@ -12,6 +12,8 @@
 //!                                              Tenant::open as owner (claim the stream, replay)
 //! shutdown (after the final flush) ─▶ Engine::release_leases: the others take over at once
 //! ```
+//! A node without the `process` role (`StreamSettings::process`) never acquires a lease: it
+//! follows every tenant, and does not count in the others' fair share.
 //! A takeover or a step-down replaces the tenant's [`Tenant`] in the engine's map: a follower
 //! has no log, no dedupe index and no buffer, an owner has all of them, and nothing is shared
 //! between the two but the committed Delta tables. The lease only decides who *should* write;
@@ -60,6 +62,7 @@ impl Cluster {
             &format!("{}-leases", settings.prefix),
             me,
             settings.lease_ttl,
+            settings.process,
             settings.replicas,
             deadline,
         )
@@ -92,7 +95,11 @@ impl Engine {
     pub(crate) async fn role_for(&self, tenant: &TenantName) -> Result<TenantRole> {
         match &self.cluster {
             None => Ok(TenantRole::Owner),
-            Some(cluster) if cluster.leases.try_acquire(tenant).await? => Ok(TenantRole::Owner),
+            Some(cluster)
+                if cluster.leases.may_own() && cluster.leases.try_acquire(tenant).await? =>
+            {
+                Ok(TenantRole::Owner)
+            }
             Some(_) => Ok(TenantRole::Follower),
         }
     }
@@ -103,6 +110,15 @@ impl Engine {
             && let Err(e) = cluster.leases.release(tenant).await
         {
             warn!(%tenant, error = %e, "cannot release the lease; it expires on its own");
+        }
+    }
+
+    /// The owner of followed `tenant`: the one last seen, else the lease bucket's (a write
+    /// arriving between a takeover and this node's next tick need not be refused).
+    pub async fn owner_of(&self, tenant: &Tenant) -> Result<Option<NodeInfo>> {
+        match tenant.owner() {
+            Some(owner) => Ok(Some(owner)),
+            None => self.refresh_owner(tenant).await,
         }
     }
 
@@ -204,7 +220,7 @@ impl Engine {
                 *ticks += 1;
                 *ticks
             };
-            if leases.held_count() < share || vacant_ticks >= VACANT_TICKS {
+            if leases.may_own() && (leases.held_count() < share || vacant_ticks >= VACANT_TICKS) {
                 self.take_over(&tenant).await;
             }
         }

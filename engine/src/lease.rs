@@ -3,7 +3,9 @@
 //! ```text
 //! bucket vigie-leases (R = --stream-replicas, max_age = --lease-ttl, history 1)
 //!   tenant.<name> = "<node id>\n<advertised address>"   create = acquire, update(revision) = renew
-//!   node.<id>     = "<advertised address>"               put every tick: the live nodes
+//!   node.<id>     = "<advertised address>"               put every tick: the live nodes that
+//!                                                        may own tenants (role `process`)
+//!   reader.<id>   = "<advertised address>"               the same for nodes that never own one
 //! ```
 //! A lease is held as long as its holder renews it with the revision it last wrote: every entry
 //! ages out `max_age` after it was written, so a dead or paused holder's lease disappears one TTL
@@ -63,6 +65,8 @@ pub(crate) struct Leases {
     kv: kv::Store,
     me: NodeInfo,
     ttl: Duration,
+    /// Whether this node may own tenants (it then counts in the fair share of the others).
+    process: bool,
     held: Mutex<HashMap<TenantName, Held>>,
 }
 
@@ -91,6 +95,7 @@ impl Leases {
         bucket: &str,
         me: NodeInfo,
         ttl: Duration,
+        process: bool,
         replicas: usize,
         deadline: Instant,
     ) -> Result<Self> {
@@ -108,6 +113,7 @@ impl Leases {
             kv,
             me,
             ttl,
+            process,
             held: Mutex::default(),
         })
     }
@@ -120,6 +126,11 @@ impl Leases {
     /// The lease's time to live.
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Whether this node may own tenants (role `process`).
+    pub(crate) fn may_own(&self) -> bool {
+        self.process
     }
 
     /// How many leases this node holds.
@@ -202,9 +213,10 @@ impl Leases {
 
     /// Says this node is alive (one entry per node, aging out like the leases).
     pub(crate) async fn heartbeat(&self) -> Result<()> {
+        let kind = if self.process { "node" } else { "reader" };
         self.kv
             .put(
-                format!("node.{}", self.me.id),
+                format!("{kind}.{}", self.me.id),
                 Bytes::from(self.me.addr.clone()),
             )
             .await
@@ -212,7 +224,8 @@ impl Leases {
             .map_err(|e| nats_error("cannot record this node", e))
     }
 
-    /// How many nodes said they were alive within the last TTL (at least 1: this one).
+    /// How many nodes that may own tenants said they were alive within the last TTL (at least
+    /// 1).
     pub(crate) async fn live_nodes(&self) -> Result<usize> {
         let mut keys = self
             .kv

@@ -71,6 +71,8 @@ pub(crate) fn open_tenant(engine: &Engine, principal: &Principal) -> Result<Arc<
 pub struct IngestService {
     engine: Arc<Engine>,
     forwarder: Option<Forwarder>,
+    /// `Some(why)`: this node takes no drone writes (only those other nodes forward to it).
+    refuse_drones: Option<Arc<str>>,
 }
 
 impl IngestService {
@@ -79,6 +81,22 @@ impl IngestService {
         Self {
             engine,
             forwarder: None,
+            refuse_drones: None,
+        }
+    }
+
+    /// Refuses writes that come from drones (`UNAVAILABLE`, with `why`), and takes only those
+    /// other nodes forward: a cluster node without the `ingest` role.
+    pub fn refusing_drone_writes(mut self, why: impl Into<Arc<str>>) -> Self {
+        self.refuse_drones = Some(why.into());
+        self
+    }
+
+    /// The refusal of a drone's call on a node that takes no drone writes.
+    fn check_caller(&self, forwarded: bool) -> Result<(), Status> {
+        match &self.refuse_drones {
+            Some(why) if !forwarded => Err(Status::unavailable(why.to_string())),
+            _ => Ok(()),
         }
     }
 
@@ -101,13 +119,20 @@ impl IngestService {
         if tenant.is_owner() {
             return answer(tenant, &request);
         }
-        match (&self.forwarder, tenant.owner()) {
-            (Some(forwarder), Some(owner)) if !forwarded => {
+        match &self.forwarder {
+            Some(forwarder) if !forwarded => {
                 let forwarder = forwarder.clone();
                 let caller = caller.clone();
-                Box::pin(async move { forwarder.write(&owner, &caller, request).await })
+                let engine = self.engine.clone();
+                Box::pin(async move {
+                    match engine.owner_of(tenant).await {
+                        Ok(Some(owner)) => forwarder.write(&owner, &caller, request).await,
+                        Ok(None) => Err(status_of(&tenant.not_owner())),
+                        Err(e) => Err(status_of(&e)),
+                    }
+                })
             }
-            // No forwarder, no owner, or a stale view on the forwarding side: the client retries.
+            // No forwarder, or a stale view on the forwarding side: the client retries.
             _ => Box::pin(std::future::ready(Err(status_of(&tenant.not_owner())))),
         }
     }
@@ -143,6 +168,7 @@ impl Ingest for IngestService {
     ) -> Result<Response<WriteResponse>, Status> {
         let principal = Principal::of(&request)?;
         let forwarded = request.extensions().get::<Forwarded>().is_some();
+        self.check_caller(forwarded)?;
         let tenant = open_tenant(&self.engine, &principal)?;
         self.answer(&tenant, &principal, forwarded, request.into_inner())
             .await
@@ -160,6 +186,7 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::WriteStreamStream>, Status> {
         let principal = Principal::of(&request)?;
         let forwarded = request.extensions().get::<Forwarded>().is_some();
+        self.check_caller(forwarded)?;
         let tenant = open_tenant(&self.engine, &principal)?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);

@@ -538,3 +538,75 @@ def test_the_credentials_are_the_clusters_and_a_prefix_keeps_deployments_apart(
             streams |= {s["name"] for s in account.get("stream_detail", [])}
     assert streams == {"vigie-north", "KV_vigie-leases", "KV_vigie-auth",
                        "other-default", "KV_other-leases", "KV_other-auth"}, streams
+
+
+def health_status(node, service):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(node.addr) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+def run_simulate(node, *args):
+    return subprocess.run([vigie_bin(), "simulate", "--target", node.addr, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_roles_split_ingest_processing_and_queries(nats, start_vigie, tmp_path):
+    args = node_args(tmp_path, nats)
+    # The ingest and query nodes start first: neither takes the tenant, which waits for p.
+    i = start_vigie(*args, "--role", "ingest", data_dir=tmp_path / "i")
+    q = start_vigie(*args, "--role", "query", data_dir=tmp_path / "q")
+    p = start_vigie(*args, "--role", "process", data_dir=tmp_path / "p")
+    wait_owner(p)
+    for node in (i, q):
+        assert 'vigie_cluster_owner{tenant="default"} 0' in urllib.request.urlopen(
+            f"http://{node.metrics}/metrics", timeout=5).read().decode().splitlines()
+
+    # Drones write through the ingest node only; it forwards to the processing node.
+    out = simulate(i.addr, *FLEET)
+    assert "accepted=1000 duplicates=0" in out, out
+    for node in (p, q):
+        run = run_simulate(node, *MORE)
+        assert run.returncode != 0 and "takes no writes from drones" in run.stderr, run.stderr
+    # SQL on the query node only, seeing the processing node's unflushed reports.
+    assert vigie_rows(q.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1000, 1000)]
+    for node in (i, p):
+        with pytest.raises(Exception, match="answers no SQL"):
+            vigie_rows(node.uri, "SELECT 1")
+    # Load balancers see the same.
+    assert [health_status(n, "vigie.v1.Ingest") for n in (i, p, q)] \
+        == ["SERVING", "NOT_SERVING", "NOT_SERVING"]
+    assert [health_status(n, "arrow.flight.protocol.FlightService") for n in (i, p, q)] \
+        == ["NOT_SERVING", "NOT_SERVING", "SERVING"]
+
+    # The processing node dies: the others never take the tenant over, writes wait for a node
+    # that may process it; a new one takes it over and nothing acknowledged was lost.
+    p.kill()
+    time.sleep(LEASE_TTL * 2)
+    run = run_simulate(i, *MORE)
+    assert run.returncode != 0 and "currently unavailable" in run.stderr, run.stderr
+    assert vigie_rows(q.uri, "SELECT count(*) FROM reports") == [(1000,)]
+    r = start_vigie(*args, "--role", "process,ingest", data_dir=tmp_path / "r")
+    wait_owner(r)
+    out = simulate(i.addr, *MORE)
+    assert "accepted=300 duplicates=0" in out, out
+    out = simulate(r.addr, *FLEET)
+    assert "accepted=0 duplicates=1000" in out, out
+    assert vigie_rows(q.uri, "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+        == [(1300, 1300)]
+
+
+def test_a_role_needs_cluster_mode(tmp_path):
+    out = subprocess.run(
+        [vigie_bin(), "serve", "--data-dir", str(tmp_path), "--grpc-addr", "127.0.0.1:0",
+         "--role", "query"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0
+    assert "--role is for cluster mode" in out.stderr, out.stderr
+    out = subprocess.run([vigie_bin(), "serve", "--role", "reader"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "ingest, process, query" in out.stderr, out.stderr
