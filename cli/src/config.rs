@@ -450,13 +450,6 @@ impl Config {
                 "--advertise-addr, --lease-ttl and --stream-prefix are for cluster mode: add --stream"
             );
         }
-        if stream.is_some() && args.alert_webhook.is_some() {
-            bail!(
-                "--alert-webhook is not available in cluster mode yet (each node would post only \
-                 the alerts of the tenants it owns, and none across a takeover): subscribe to \
-                 Alerts instead"
-            );
-        }
         let config = Self {
             object_store,
             grpc_addr: args.grpc_addr.unwrap_or(DEFAULT_GRPC_ADDR),
@@ -778,12 +771,18 @@ mod tests {
         );
         assert!(
             refused(ServeArgs {
-                stream: stream(),
-                cluster_secret: Some("a-secret-of-16-chars".into()),
-                alert_webhook: Some("http://127.0.0.1:1/".into()),
+                role: Some(vec![crate::cluster::Role::Query]),
                 ..ServeArgs::default()
             })
-            .contains("not available in cluster mode")
+            .contains("--role is for cluster mode")
+        );
+        assert!(
+            refused(ServeArgs {
+                stream: stream(),
+                role: Some(vec![]),
+                ..ServeArgs::default()
+            })
+            .contains("at least one of")
         );
 
         let file = dir.path().join("vigie.toml");

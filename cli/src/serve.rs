@@ -234,7 +234,8 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
             .into_iter()
             .map(|tenant| {
                 let stop = stop_serving.clone();
-                vigie_ingest::webhook::start_webhook(tenant, url.clone(), stop)
+                let name = tenant.name().clone();
+                vigie_ingest::webhook::start_webhook(engine.clone(), name, url.clone(), stop)
             })
             .collect::<Vec<_>>()
     });
@@ -385,7 +386,8 @@ fn start_reload(args: ReloadArgs) -> JoinHandle<Vec<JoinHandle<()>>> {
                         info!(%name, "tenant opened");
                         if let Some(url) = &args.webhook {
                             webhooks.push(vigie_ingest::webhook::start_webhook(
-                                tenant,
+                                args.engine.clone(),
+                                tenant.name().clone(),
                                 url.clone(),
                                 args.shutdown.clone(),
                             ));

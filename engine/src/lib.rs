@@ -14,6 +14,7 @@
 pub mod alert;
 mod args;
 pub mod audit;
+mod checkpoint;
 mod cluster;
 pub mod compaction;
 mod dedupe;
@@ -42,6 +43,7 @@ use std::sync::atomic::AtomicUsize;
 use tokio::sync::Notify;
 
 pub use crate::args::{EngineArgs, StreamSettings, TenantSettings, WalMode};
+pub use crate::checkpoint::{Checkpoints, KvCheckpoints, LakeCheckpoints};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::lease::NodeInfo;
 pub use crate::tenant::{PendingWrite, Tenant, TenantRole};
@@ -65,6 +67,8 @@ pub struct Engine {
     jetstream: Option<async_nats::jetstream::Context>,
     /// Cluster mode's leases ([`WalMode::Stream`] only).
     cluster: Option<cluster::Cluster>,
+    /// Progress kept across restarts and nodes (the lake's, or the cluster's bucket).
+    checkpoints: Arc<dyn Checkpoints>,
 }
 
 impl Engine {
@@ -94,8 +98,24 @@ impl Engine {
             }
             _ => None,
         };
+        let checkpoints: Arc<dyn Checkpoints> = match (&args.wal, &jetstream) {
+            (WalMode::Stream(settings), Some(context)) => Arc::new(
+                KvCheckpoints::open(
+                    context,
+                    &settings.prefix,
+                    settings.replicas,
+                    std::time::Instant::now() + settings.publish_timeout,
+                )
+                .await?,
+            ),
+            _ => Arc::new(LakeCheckpoints::new(
+                args.lake.root_store.clone(),
+                &args.lake.prefix,
+            )),
+        };
         let engine = Self {
             cluster,
+            checkpoints,
             args,
             tenants: parking_lot::RwLock::default(),
             opening: tokio::sync::Mutex::new(()),
@@ -127,6 +147,11 @@ impl Engine {
             .write()
             .insert(tenant.name().clone(), tenant.clone());
         Ok(tenant)
+    }
+
+    /// Progress that outlives this process (and in cluster mode moves with a tenant).
+    pub fn checkpoints(&self) -> Arc<dyn Checkpoints> {
+        self.checkpoints.clone()
     }
 
     /// The lake the engine writes to.

@@ -1,20 +1,30 @@
 //! The webhook alert sink: POSTs each alert as JSON to a URL, in id order, off the ingest path.
 //!
 //! ```text
-//! AlertHub ─subscription─▶ webhook task ─POST (retry with backoff until 2xx)─▶ URL
-//!     └─ queue overflowed while the URL was down ─▶ catch up from the alerts table, resubscribe
+//! one task per tenant, on every node:
+//!   wait until this node owns the tenant (always, outside cluster mode)
+//!   cursor = checkpoint webhook.<tenant> (the last id delivered, by any node, any run)
+//!   AlertHub ─subscription─▶ catch up cursor+1..=subscription.after from the alerts table
+//!            ─▶ live alerts ─POST (retry with backoff until 2xx)─▶ URL
+//!            └─ the checkpoint written at most once a second, and when the task stops
+//!   queue overflowed while the URL was down ─▶ catch up again from the table, resubscribe
+//!   the hub closed (this node stepped down) ─▶ back to waiting; the new owner resumes
 //! ```
-//! Delivery is at least once, in id order, for every alert raised while the server runs (a POST
-//! may be repeated if the answer is lost); receivers dedupe on `id`.
+//! Delivery is at least once, in id order: a POST may be repeated if its answer is lost, and
+//! after a crash or a takeover the alerts since the last checkpoint (about a second's) are
+//! posted again; receivers dedupe on `id`. The first run of a tenant's webhook starts with the
+//! alerts raised from then on.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use vigie_engine::Tenant;
+use vigie_engine::alert::Subscription;
+use vigie_engine::store::TenantName;
+use vigie_engine::{Checkpoints, Engine, Tenant};
 use vigie_proto::Timestamp;
 use vigie_proto::v1::Alert;
 
@@ -44,15 +54,32 @@ pub fn alert_json(tenant: &str, alert: &Alert) -> serde_json::Value {
     })
 }
 
-/// Starts the webhook task for `tenant`'s alerts (the JSON names the tenant); it ends on
-/// `shutdown`.
+/// How often at most the webhook's progress is written to its checkpoint.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often a node that does not own the tenant looks again.
+const OWNER_POLL: Duration = Duration::from_millis(250);
+
+/// Why a delivery run ended.
+enum Ended {
+    /// The server is stopping.
+    Shutdown,
+    /// This node stopped owning the tenant.
+    Moved,
+}
+
+/// Starts the webhook task of tenant `name` (the JSON names the tenant); it posts while this
+/// node owns the tenant and ends on `shutdown`.
 pub fn start_webhook(
-    tenant: Arc<Tenant>,
+    engine: Arc<Engine>,
+    name: TenantName,
     url: String,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     // Subscribe now, before the server takes any write: no alert of this run is missed.
-    let mut first = Some(tenant.hub().subscribe(QUEUE));
+    let mut first = engine.tenant(&name).filter(|t| t.is_owner()).map(|t| {
+        let subscription = t.hub().subscribe(QUEUE);
+        (t, subscription)
+    });
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -64,52 +91,156 @@ pub fn start_webhook(
                 return;
             }
         };
-        let mut last: Option<u64> = None;
-        info!(%url, "alert webhook started");
+        let sink = Sink {
+            client,
+            url,
+            key: format!("webhook.{}", name.as_str()),
+            checkpoints: engine.checkpoints(),
+            shutdown,
+        };
+        info!(tenant = %name, url = %sink.url, "alert webhook started");
         loop {
-            let mut subscription = match first.take() {
-                Some(s) => s,
-                None => tenant.hub().subscribe(QUEUE),
+            let (tenant, subscription) = match first.take() {
+                Some(owned) => owned,
+                None => match engine.tenant(&name).filter(|t| t.is_owner()) {
+                    Some(t) => {
+                        let subscription = t.hub().subscribe(QUEUE);
+                        (t, subscription)
+                    }
+                    None => {
+                        tokio::select! {
+                            () = sink.shutdown.cancelled() => return,
+                            () = tokio::time::sleep(OWNER_POLL) => continue,
+                        }
+                    }
+                },
             };
-            // After an overflow, deliver what was missed from the table first.
-            if let Some(done) = last {
-                match tenant.read_alerts(done + 1, subscription.after).await {
-                    Ok(missed) => {
-                        for alert in missed {
-                            if !deliver(&client, &url, tenant.name().as_str(), &alert, &shutdown)
-                                .await
-                            {
-                                return;
-                            }
-                            last = Some(alert.id);
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "webhook cannot read missed alerts; skipping them"),
-                }
-            }
-            loop {
-                let alert = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    alert = subscription.alerts.recv() => alert,
-                };
-                match alert {
-                    Some(alert) => {
-                        if !deliver(&client, &url, tenant.name().as_str(), &alert, &shutdown).await
-                        {
-                            return;
-                        }
-                        last = Some(alert.id);
-                    }
-                    None if subscription.overflow.happened() => {
-                        warn!("webhook fell behind; catching up from the alerts table");
-                        last = last.or(Some(subscription.after));
-                        break;
-                    }
-                    None => return,
+            let Some(cursor) = sink.load().await else {
+                return;
+            };
+            match sink.run(&tenant, subscription, cursor).await {
+                Ended::Shutdown => return,
+                Ended::Moved => {
+                    info!(tenant = %name, "this node stopped owning the tenant: its new owner posts its alerts")
                 }
             }
         }
     })
+}
+
+/// Where one tenant's alerts go, and where its progress is kept.
+struct Sink {
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    checkpoints: Arc<dyn Checkpoints>,
+    shutdown: CancellationToken,
+}
+
+impl Sink {
+    /// The last id delivered, as the checkpoint says (retried until it answers); `None` on
+    /// shutdown.
+    async fn load(&self) -> Option<Option<u64>> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.checkpoints.get(&self.key).await {
+                Ok(cursor) => return Some(cursor),
+                Err(e) => {
+                    warn!(key = %self.key, error = %e, retry_in = ?backoff, "webhook cannot read its checkpoint")
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn save(&self, last: u64) {
+        if let Err(e) = self.checkpoints.put(&self.key, last).await {
+            warn!(key = %self.key, error = %e, "webhook cannot write its checkpoint; alerts since the last one may be posted again");
+        }
+    }
+
+    /// Delivers `tenant`'s alerts after `cursor` (from `subscription.after` when `None`) until
+    /// shutdown or until this node stops owning the tenant.
+    async fn run(
+        &self,
+        tenant: &Tenant,
+        mut subscription: Subscription,
+        cursor: Option<u64>,
+    ) -> Ended {
+        let name = tenant.name().as_str();
+        let mut last = cursor.unwrap_or(subscription.after);
+        let mut saved = cursor;
+        loop {
+            // What the subscription does not hold: from the table.
+            if last < subscription.after {
+                match tenant.read_alerts(last + 1, subscription.after).await {
+                    Ok(missed) => {
+                        for alert in missed {
+                            if !deliver(&self.client, &self.url, name, &alert, &self.shutdown).await
+                            {
+                                self.save(last).await;
+                                return Ended::Shutdown;
+                            }
+                            last = alert.id;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "webhook cannot read missed alerts; skipping them"),
+                }
+                last = last.max(subscription.after);
+            }
+            let mut save_due = (saved != Some(last)).then(Instant::now);
+            loop {
+                let alert = tokio::select! {
+                    () = self.shutdown.cancelled() => {
+                        self.save(last).await;
+                        return Ended::Shutdown;
+                    }
+                    () = sleep_until(save_due), if save_due.is_some() => {
+                        self.save(last).await;
+                        saved = Some(last);
+                        save_due = None;
+                        continue;
+                    }
+                    alert = subscription.alerts.recv() => alert,
+                };
+                match alert {
+                    Some(alert) if alert.id <= last => {}
+                    Some(alert) => {
+                        if !deliver(&self.client, &self.url, name, &alert, &self.shutdown).await {
+                            self.save(last).await;
+                            return Ended::Shutdown;
+                        }
+                        last = alert.id;
+                        save_due.get_or_insert_with(|| Instant::now() + SAVE_EVERY);
+                    }
+                    None if subscription.overflow.moved() => {
+                        self.save(last).await;
+                        return Ended::Moved;
+                    }
+                    None if subscription.overflow.happened() => {
+                        warn!("webhook fell behind; catching up from the alerts table");
+                        subscription = tenant.hub().subscribe(QUEUE);
+                        break;
+                    }
+                    None => {
+                        self.save(last).await;
+                        return Ended::Moved;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// POSTs until a 2xx answer (true) or shutdown (false).

@@ -610,3 +610,36 @@ def test_a_role_needs_cluster_mode(tmp_path):
     out = subprocess.run([vigie_bin(), "serve", "--role", "reader"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0 and "ingest, process, query" in out.stderr, out.stderr
+
+
+def test_the_webhook_follows_the_owner(nats, start_vigie, tmp_path):
+    """Only the owner posts a tenant's alerts; after a kill -9 the new owner resumes from the
+    cluster's checkpoint: every alert is posted, in order, and only the last second's before the
+    kill may be posted twice."""
+    from test_webhook import Receiver
+    receiver = Receiver()
+    try:
+        args = (*node_args(tmp_path, nats), "--alert-webhook", receiver.url)
+        a = start_vigie(*args, data_dir=tmp_path / "a")
+        b = start_vigie(*args, data_dir=tmp_path / "b")
+        out = simulate(b.addr, *FLEET)  # forwarded to a, the owner
+        assert "accepted=1000" in out, out
+        (first,), = vigie_rows(b.uri, "SELECT count(*) FROM alerts")
+        receiver.wait_for(range(1, first + 1))
+        assert receiver.ids() == list(range(1, first + 1))
+
+        time.sleep(1.5)  # the checkpoint is written at most once a second
+        receiver.refuse = True
+        out = simulate(a.addr, *MORE)
+        assert "accepted=300" in out, out
+        (total,), = vigie_rows(b.uri, "SELECT count(*) FROM alerts")
+        assert total > first
+        a.kill()  # with alerts first+1.. undelivered
+        receiver.refuse = False
+        wait_owner(b)
+        receiver.wait_for(range(1, total + 1))
+        ids = receiver.ids()
+        assert ids[:first] == list(range(1, first + 1))
+        assert ids[first:] == list(range(first + 1, total + 1)), ids[first:]
+    finally:
+        receiver.close()
