@@ -26,6 +26,13 @@ serve() { # serve DIR ARGS... → prints the address; the PID is in $DIR/pid
   done
   sed -n 's/listening on grpc:\/\///p' "$dir/out"
 }
+wait_ready() { # wait_ready DIR: until the server printed `ready` (its WAL or stream replayed)
+  for _ in $(seq 600); do
+    grep -qx ready "$1/out" 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "server in $1 never became ready" >&2; exit 1
+}
 stop() { kill -TERM "$(cat "$1/pid")"; wait "$(cat "$1/pid")" 2>/dev/null || true; }
 
 tmp=$(mktemp -d)
@@ -141,4 +148,31 @@ CONF
   "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 150 --seed 9 --first-drone 90000 \
     --start 2026-03-01T00:00:00Z --rate 10000 --batch 100 --streams 2 --measure-alerts
   stop "$tmp/cluster-alerts"
+
+  # Two nodes on one lake: writes through the follower (forwarded to the owner) vs to the owner,
+  # then the owner killed with -9: how long the survivor refuses writes (lease TTL 5 s + one
+  # renewal period + claim and replay), as a drone retrying every 50 ms sees it.
+  lake="$tmp/takeover-lake"; mkdir -p "$lake"
+  common=(--stream "$stream" --stream-prefix takeover --cluster-secret bench-cluster-secret-0001
+          --compact-interval 0s --object-store "file://$lake/")
+  owner=$(serve "$tmp/takeover-a" "${common[@]}"); wait_ready "$tmp/takeover-a"
+  follower=$(serve "$tmp/takeover-b" "${common[@]}"); wait_ready "$tmp/takeover-b"
+  for run in 1 2 3; do
+    for target in owner follower; do
+      printf 'cluster ingest to the %-8s run %s: ' "$target" "$run"
+      if [ "$target" = owner ]; then addr=$owner; first=$((run * 10000 + 100000))
+      else addr=$follower; first=$((run * 10000 + 200000)); fi
+      "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 250 --seed "$run" \
+        --first-drone "$first" --start 2026-01-01T00:00:00Z --batch 1000 --streams 4
+    done
+  done
+  kill -9 "$(cat "$tmp/takeover-a/pid")"
+  t0=$(date +%s.%N); n=0
+  until "$BIN" simulate --target "$follower" --drones 1 --reports-per-drone 1 --seed 1 \
+      --first-drone $((900000 + n)) --start 2026-01-01T00:00:00Z >/dev/null 2>&1; do
+    n=$((n + 1)); sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  echo "takeover after kill -9: writes refused for $(echo "$t1 - $t0" | bc) s ($n retries); $(grep -o 'took the tenant over.*' "$tmp/takeover-b/log" | tail -1)"
+  stop "$tmp/takeover-b"
 fi

@@ -19,7 +19,7 @@ use arrow::datatypes::Int64Type;
 use async_nats::jetstream;
 use tracing::debug;
 
-use crate::report::{ReportBatchBuilder, validate};
+use crate::recovery::logged_batch;
 use crate::schema::TableKind;
 use crate::tenant::Tenant;
 use crate::wal::{StreamTail, WalPosition, WalRecord};
@@ -138,18 +138,8 @@ impl Tenant {
         let mut next_alert_id = cursor.next_alert_id;
         let mut staged = Vec::with_capacity(records.len());
         for record in records {
-            let request = record.request()?;
-            let mut builder = ReportBatchBuilder::with_capacity(request.reports.len());
-            for report in &request.reports {
-                let v = validate(report).map_err(|reason| {
-                    Error::Corrupt(format!(
-                        "stream record {} of tenant {} holds an invalid report: {reason}",
-                        record.position, self.name
-                    ))
-                })?;
-                builder.append(&v, record.received_at);
-            }
-            let batch = builder.finish()?;
+            let batch = logged_batch(&record, |_, _| {})
+                .map_err(|e| Error::Corrupt(format!("tenant {}'s stream: {e}", self.name)))?;
             let alerts = if record.position <= alerts_covered {
                 // Its alerts are stored: the next id is read again after them.
                 next_alert_id = None;

@@ -17,6 +17,7 @@ use datafusion::prelude::col;
 use futures::TryStreamExt;
 use parking_lot::Mutex;
 use tracing::info;
+use vigie_proto::v1::DroneReport;
 
 use crate::alert::{AlertHub, RuleSet};
 use crate::args::{TenantSettings, WalMode, rules_for, window_micros};
@@ -177,22 +178,12 @@ impl Tenant {
         let mut state = self.state.lock();
         let (mut rows, mut raised) = (0, 0);
         for record in records {
-            let request = record.request()?;
-            let mut builder = ReportBatchBuilder::with_capacity(request.reports.len());
-            for report in &request.reports {
-                let v = validate(report).map_err(|reason| {
-                    Error::Corrupt(format!(
-                        "WAL record {} holds an invalid report: {reason}",
-                        record.position
-                    ))
-                })?;
-                // Every report of a record was accepted when it was logged.
+            // Every report of a record was accepted when it was logged.
+            let batch = logged_batch(&record, |report, time_micros| {
                 state
                     .dedupe
-                    .insert(&report.drone_id, report.seq, v.time_micros);
-                builder.append(&v, record.received_at);
-            }
-            let batch = builder.finish()?;
+                    .insert(&report.drone_id, report.seq, time_micros);
+            })?;
             if record.position > alerts_after {
                 let alerts =
                     self.rules
@@ -302,4 +293,25 @@ pub(crate) fn writer_id(dir: &std::path::Path) -> Result<String> {
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| Error::Wal(format!("cannot write {}: {e}", path.display())))?;
     Ok(id)
+}
+
+/// The reports of logged `record` as one batch, each validated again (a record holding an
+/// invalid report is corrupt), `each` seeing every report with its time in microseconds.
+pub(crate) fn logged_batch(
+    record: &WalRecord,
+    mut each: impl FnMut(&DroneReport, i64),
+) -> Result<RecordBatch> {
+    let request = record.request()?;
+    let mut builder = ReportBatchBuilder::with_capacity(request.reports.len());
+    for report in &request.reports {
+        let v = validate(report).map_err(|reason| {
+            Error::Corrupt(format!(
+                "log record {} holds an invalid report: {reason}",
+                record.position
+            ))
+        })?;
+        each(report, v.time_micros);
+        builder.append(&v, record.received_at);
+    }
+    builder.finish()
 }

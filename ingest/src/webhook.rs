@@ -173,7 +173,12 @@ impl Sink {
     ) -> Ended {
         let name = tenant.name().as_str();
         let mut last = cursor.unwrap_or(subscription.after);
-        let mut saved = cursor;
+        if cursor.is_none() {
+            // The first run: where it starts is recorded before anything is posted, so that a
+            // crash before the first checkpoint still resumes from here.
+            self.save(last).await;
+        }
+        let mut saved = Some(last);
         loop {
             // What the subscription does not hold: from the table.
             if last < subscription.after {
@@ -195,6 +200,7 @@ impl Sink {
             let mut save_due = (saved != Some(last)).then(Instant::now);
             loop {
                 let alert = tokio::select! {
+                    biased;
                     () = self.shutdown.cancelled() => {
                         self.save(last).await;
                         return Ended::Shutdown;

@@ -102,6 +102,15 @@ def node_args(tmp_path, nats):
             "--lease-ttl", f"{LEASE_TTL}s", "--metrics-addr", "127.0.0.1:0")
 
 
+def metric(node, name):
+    """The value of metric `name` (with its labels) at `node`, None when absent."""
+    with urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return None
+
+
 def wait_owner(node, tenant="default", timeout=LEASE_TTL * 10):
     """Waits until `node` owns `tenant` (its `vigie_cluster_owner` gauge): a follower already
     answers queries over the whole stream, but writes sent to it are forwarded to the owner,
@@ -127,6 +136,19 @@ def wait_rows(uri, sql, want, timeout=60):
         time.sleep(0.5)
 
 
+def minute_batch(vigie_pb2, n):
+    """Ten drones' minute n; drone 0 sees a low score: one alert per batch."""
+    reports = []
+    for k in range(10):
+        report = vigie_pb2.DroneReport(drone_id=f"drone-{k}", seq=n, latitude=48.85,
+                                       longitude=2.35)
+        report.time.FromSeconds(1_767_225_600 + n * 60)
+        if k == 0:
+            report.citizens.add(name="x", score=5.0)
+        reports.append(report)
+    return reports
+
+
 def parquet_files(tmp_path):
     return list((tmp_path / "lake").rglob("*.parquet"))
 
@@ -137,6 +159,8 @@ def test_a_lost_node_loses_no_acknowledged_report(nats, start_vigie, tmp_path):
     dump = tmp_path / "fleet.jsonl"
     out = simulate(a.addr, *FLEET, "--dump", str(dump))
     assert "sent=1000 accepted=1000 duplicates=0" in out, out
+    # Nothing flushed: every record is what a takeover replays.
+    assert metric(a, 'vigie_stream_lag_records{stream="vigie-default"}') > 0
     alerts = vigie_rows(a.uri, "SELECT count(*), min(id), max(id) FROM alerts")
     assert alerts[0][0] > 3 and alerts[0][1:] == (1, alerts[0][0]), alerts
 
@@ -311,16 +335,7 @@ def test_three_nodes_take_writes_and_the_owner_may_die_under_load(
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
 
     def batch_of(n):
-        reports = []
-        for k in range(10):
-            report = vigie_pb2.DroneReport(drone_id=f"drone-{k}", seq=n, latitude=48.85,
-                                           longitude=2.35)
-            report.time.FromSeconds(1_767_225_600 + n * 60)
-            # Drone 0 sees a low score every minute: one alert per batch.
-            if k == 0:
-                report.citizens.add(name="x", score=5.0)
-            reports.append(report)
-        return reports
+        return minute_batch(vigie_pb2, n)
 
     # Dispatchers subscribed at the two followers from the start (proxied to the owner).
     proxied_ids = {1: [], 2: []}
@@ -418,16 +433,7 @@ def test_a_follower_reads_its_writes_while_the_owner_flushes(nats, start_vigie, 
     conns = [flightsql.connect(n.uri) for n in (a, b)]
 
     def batch(n):
-        # Ten drones' minute n; drone 0 sees a low score: one alert per batch.
-        reports = []
-        for k in range(10):
-            report = vigie_pb2.DroneReport(drone_id=f"drone-{k}", seq=n, latitude=48.85,
-                                           longitude=2.35)
-            report.time.FromSeconds(1_767_225_600 + n * 60)
-            if k == 0:
-                report.citizens.add(name="x", score=5.0)
-            reports.append(report)
-        return reports
+        return minute_batch(vigie_pb2, n)
 
     try:
         for n in range(80):
@@ -454,8 +460,10 @@ def test_a_follower_reads_its_writes_while_the_owner_flushes(nats, start_vigie, 
     finally:
         for conn in conns:
             conn.close()
-    # The owner did commit meanwhile: the follower's answers came from files and tail together.
+    # The owner did commit meanwhile: the follower's answers came from files and tail together,
+    # and its stream holds nothing that a takeover would have to replay.
     assert parquet_files(tmp_path) != []
+    assert metric(a, 'vigie_stream_lag_records{stream="vigie-default"}') == 0
 
 
 def test_a_stream_option_error_is_clear(tmp_path):
@@ -536,8 +544,9 @@ def test_the_credentials_are_the_clusters_and_a_prefix_keeps_deployments_apart(
     with urllib.request.urlopen(url, timeout=2) as r:
         for account in json.load(r).get("account_details", []):
             streams |= {s["name"] for s in account.get("stream_detail", [])}
-    assert streams == {"vigie-north", "KV_vigie-leases", "KV_vigie-auth",
-                       "other-default", "KV_other-leases", "KV_other-auth"}, streams
+    assert streams == {"vigie-north", "KV_vigie-leases", "KV_vigie-auth", "KV_vigie-checkpoints",
+                       "other-default", "KV_other-leases", "KV_other-auth",
+                       "KV_other-checkpoints"}, streams
 
 
 def health_status(node, service):

@@ -76,6 +76,10 @@ struct Shared {
     incarnation: String,
     last: AtomicU64,
     durable: AtomicU64,
+    /// The last position a Delta commit covers (what the stream was purged up to).
+    committed: AtomicU64,
+    /// Durable records no commit covers yet: what a takeover would replay.
+    lag: metrics::Gauge,
     /// Notified after each new durable position; holds the error that stopped the log.
     progress: watch::Sender<Option<Arc<str>>>,
     listener: OnceLock<DurableListener>,
@@ -96,10 +100,17 @@ impl Shared {
 
     fn durable(&self, position: WalPosition) {
         self.durable.store(position, Ordering::SeqCst);
+        self.show_lag();
         if let Some(listener) = self.listener.get() {
             listener(position);
         }
         self.progress.send_modify(|_| {});
+    }
+
+    fn show_lag(&self) {
+        let durable = self.durable.load(Ordering::SeqCst);
+        let committed = self.committed.load(Ordering::SeqCst);
+        self.lag.set(durable.saturating_sub(committed) as f64);
     }
 
     fn msg_id(&self, position: WalPosition) -> String {
@@ -179,6 +190,8 @@ impl StreamWal {
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             last: AtomicU64::new(0),
             durable: AtomicU64::new(0),
+            committed: AtomicU64::new(args.after),
+            lag: metrics::gauge!("vigie_stream_lag_records", "stream" => name.clone()),
             progress,
             listener: OnceLock::new(),
             publish_timeout: args.publish_timeout,
@@ -187,6 +200,7 @@ impl StreamWal {
         let claim = claim(&args.context, &stream, &shared).await?;
         shared.last.store(claim, Ordering::SeqCst);
         shared.durable.store(claim, Ordering::SeqCst);
+        shared.show_lag();
         let names = (shared.stream_name.as_str(), shared.subject.as_str());
         let (replay, _) = read_records(&stream, names, args.after, claim - 1).await?;
         let took = started.elapsed();
@@ -590,6 +604,8 @@ impl Wal for StreamWal {
             .sequence(position + 1)
             .await
             .map_err(|e| nats_error("cannot purge committed records", e))?;
+        self.shared.committed.fetch_max(position, Ordering::SeqCst);
+        self.shared.show_lag();
         Ok(())
     }
 }
