@@ -148,7 +148,15 @@ impl AlertsService {
             let (stream, after) = self.local(&tenant, from_id).await?;
             return Ok((stream, Some(from_id.unwrap_or(after + 1))));
         }
-        let (Some(forwarder), Some(owner)) = (&self.forwarder, tenant.owner()) else {
+        let Some(forwarder) = &self.forwarder else {
+            return Err(status_of(&tenant.not_owner()));
+        };
+        let Some(owner) = self
+            .engine
+            .owner_of(&tenant)
+            .await
+            .map_err(|e| status_of(&e))?
+        else {
             return Err(status_of(&tenant.not_owner()));
         };
         let (stream, after) = forwarder.subscribe(&owner, caller, from_id).await?;

@@ -652,3 +652,68 @@ def test_the_webhook_follows_the_owner(nats, start_vigie, tmp_path):
         assert ids[first:] == list(range(first + 1, total + 1)), ids[first:]
     finally:
         receiver.close()
+
+
+def owner_of(nodes, tenant="default"):
+    """The index of the live node that owns `tenant` now, None if none does."""
+    for i, node in enumerate(nodes):
+        if node.proc.poll() is None and \
+                metric(node, f'vigie_cluster_owner{{tenant="{tenant}"}}') == 1:
+            return i
+    return None
+
+
+def test_the_owner_killed_again_and_again_loses_nothing(nats, start_vigie, tmp_path, pb):
+    """Three kill -9s of whichever node owns the tenant, under load through every live node,
+    each replaced by a fresh node: every acknowledged report stored once, alert ids dense, and a
+    dispatcher on a node that never owns (role ingest,query) gets every alert once, in order."""
+    vigie_pb2, vigie_grpc = pb
+    args = node_args(tmp_path, nats)
+    gateway = start_vigie(*args, "--role", "ingest,query", data_dir=tmp_path / "gateway")
+    nodes = [gateway] + [start_vigie(*args, data_dir=tmp_path / f"n{i}") for i in (1, 2)]
+    wait_owner(nodes[1])
+    received, failed = [], []
+
+    def subscribe():
+        stub = vigie_grpc.AlertsStub(grpc.insecure_channel(gateway.addr))
+        try:
+            for alert in stub.Subscribe(vigie_pb2.SubscribeRequest(from_id=1), timeout=300):
+                received.append(alert.id)
+                if len(received) == 240:
+                    return
+        except grpc.RpcError as e:
+            failed.append(e)
+
+    dispatcher = threading.Thread(target=subscribe, daemon=True)
+    dispatcher.start()
+    kills = 0
+    for n in range(240):
+        if n in (60, 120, 180):
+            victim = owner_of(nodes)
+            assert victim not in (None, 0), victim
+            nodes[victim].kill()
+            nodes[victim] = start_vigie(*args, data_dir=tmp_path / f"n{victim}-{n}")
+            kills += 1
+        deadline = time.time() + 60
+        target = n % 3
+        while True:
+            try:
+                answer = vigie_grpc.IngestStub(grpc.insecure_channel(nodes[target].addr)).Write(
+                    vigie_pb2.WriteRequest(reports=minute_batch(vigie_pb2, n)), timeout=40)
+                break
+            except grpc.RpcError as e:
+                assert e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED), e
+                assert time.time() < deadline, f"writes never recovered: {e}"
+                target = (target + 1) % 3
+                time.sleep(0.2)
+        assert answer.accepted + answer.duplicates == 10, answer
+    assert kills == 3
+    for node in nodes:
+        assert vigie_rows(node.uri,
+                          "SELECT count(*), count(DISTINCT (drone_id, seq)) FROM reports") \
+            == [(2400, 2400)], node.addr
+    assert vigie_rows(gateway.uri, "SELECT count(*), min(id), max(id) FROM alerts") \
+        == [(240, 1, 240)]
+    dispatcher.join(timeout=60)
+    assert received == list(range(1, 241)), (len(received), received[:5], failed)
