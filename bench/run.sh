@@ -131,7 +131,7 @@ CONF
     sleep 0.2
   done
   stream=$(IFS=,; echo "${urls[*]}")
-  for run in 1 2 3; do
+  for run in ${CLUSTER_RUNS:-1 2 3}; do
     for wal in fsync stream; do
       if [ "$wal" = stream ]; then args=(--stream "$stream" --cluster-secret bench-cluster-secret-0001); else args=(--wal fsync); fi
       # A fresh lake per run; the stream outlives it (one per tenant): other drones each run.
@@ -143,11 +143,14 @@ CONF
       stop "$dir"
     done
   done
+  if [ "${CLUSTER_ALERTS:-1}" = 1 ]; then
   addr=$(serve "$tmp/cluster-alerts" --stream "$stream" --cluster-secret bench-cluster-secret-0001 --compact-interval 0s)
+  wait_ready "$tmp/cluster-alerts"
   echo "alerts at 10000 reports/s (batches of 100, WAL on JetStream R3, 30 s):"
   "$BIN" simulate --target "$addr" --drones 2000 --reports-per-drone 150 --seed 9 --first-drone 90000 \
     --start 2026-03-01T00:00:00Z --rate 10000 --batch 100 --streams 2 --measure-alerts
   stop "$tmp/cluster-alerts"
+  fi
 
   # Two nodes on one lake: writes through the follower (forwarded to the owner) vs to the owner,
   # then the owner killed with -9: how long the survivor refuses writes (lease TTL 5 s + one
