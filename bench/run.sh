@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the figures of BENCHMARKS.md: `vigie simulate` against `vigie serve`, both on this
 # machine, release build. Usage: bench/run.sh [ingest|alerts|runaway|cluster|all]
+# KEEP_TMP=1 keeps the temporary directory (servers' logs) after the run.
 # RATES="100000" picks the alert loads (default: 10000 and 100000).
 # PIN=1 runs the server on CPU 0 and the load generator (and its alert subscriber) on CPU 1, a
 # stand-in for drones and dispatchers on other machines (the server then has one core).
@@ -33,10 +34,15 @@ wait_ready() { # wait_ready DIR: until the server printed `ready` (its WAL or st
   done
   echo "server in $1 never became ready" >&2; exit 1
 }
-stop() { kill -TERM "$(cat "$1/pid")"; wait "$(cat "$1/pid")" 2>/dev/null || true; }
+stop() { # stop DIR: SIGTERM, then wait until the server exited (it flushes and, in cluster
+  # mode, releases its leases first). `wait` cannot: serve ran it in a $(…) subshell.
+  local pid; pid=$(cat "$1/pid")
+  kill -TERM "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+}
 
 tmp=$(mktemp -d)
-trap 'for p in "$tmp"/*/pid; do kill -9 "$(cat "$p")" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+trap 'for p in "$tmp"/*/pid; do kill -9 "$(cat "$p")" 2>/dev/null || true; done; [ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
 if [ "${IDLE_SPIN:-0}" = 1 ]; then
   for cpu in $(seq 0 $(($(nproc) - 1))); do
     mkdir -p "$tmp/spin-$cpu"
