@@ -325,15 +325,19 @@ impl LiveTable {
         rows
     }
 
+    /// Drops the buffered rows of logged records up to `covered` (a commit holds them); returns
+    /// how many.
+    fn drop_logged_up_to(&self, s: &mut State, covered: WalPosition) -> usize {
+        self.drop_front(s, |c| c.wal_position > 0 && c.wal_position <= covered)
+    }
+
     /// Drops the buffered rows that a commit under `app_id` already covers. Only another owner
     /// of the same log makes such a commit (the servers of one JetStream stream share the id):
     /// its commit conflicts with ours (Delta's concurrent-transaction check), and after it the
     /// rows up to its position are in Delta once, so ours must not be written again.
     async fn drop_covered(&self, delta: &DeltaTable, app_id: &str) -> Result<()> {
         let covered = txn_position(delta, app_id).await?;
-        let dropped = self.drop_front(&mut self.state.write(), |c| {
-            c.wal_position > 0 && c.wal_position <= covered
-        });
+        let dropped = self.drop_logged_up_to(&mut self.state.write(), covered);
         if dropped > 0 {
             warn!(tenant = %self.tenant, table = self.kind.name(), rows = dropped, covered, "buffered rows were committed by another owner of the log: dropped");
         }
@@ -380,7 +384,7 @@ impl LiveTable {
         if let Some(covered) = covered {
             s.covered = s.covered.max(covered);
             let covered = s.covered;
-            self.drop_front(&mut s, |c| c.wal_position > 0 && c.wal_position <= covered);
+            self.drop_logged_up_to(&mut s, covered);
         }
         debug!(tenant = %self.tenant, table = self.kind.name(), version = ?s.version, "refreshed");
         Ok(true)

@@ -423,6 +423,7 @@ impl Tenant {
     /// the reports flush wrote), deletes the WAL records every table has committed, and evicts
     /// old dedupe keys; returns the rows written. Stops at the first error (the unflushed rows
     /// stay buffered).
+    ///
     /// A follower writes nothing but its audit events: it reads the owner's commits instead.
     pub async fn flush(&self) -> Result<usize> {
         if self.role == TenantRole::Follower {
