@@ -53,28 +53,31 @@ class Nats:
         raise AssertionError(f"no node knows the leader of stream {name}")
 
 
-@pytest.fixture
-def nats(tmp_path):
-    """Three nats-server processes in one cluster (see `Nats`). A fresh cluster per test (~3 s),
-    so that no stream is left over from another test."""
+def start_nats(tmp_path, attempt):
+    """Three nats-server processes in one cluster, or None if one exited at start (a port
+    `free_port` picked was taken meanwhile by another process)."""
     server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     client, route, monitor = ([free_port() for _ in range(3)] for _ in range(3))
     procs = []
     for i in range(3):
         routes = ", ".join(f"nats://127.0.0.1:{route[j]}" for j in range(3) if j != i)
-        conf = tmp_path / f"nats-{i}.conf"
+        conf = tmp_path / f"nats-{attempt}-{i}.conf"
         conf.write_text(
             f'server_name: n{i}\nlisten: "127.0.0.1:{client[i]}"\nhttp: "127.0.0.1:{monitor[i]}"\n'
-            f'jetstream {{ store_dir: "{tmp_path / f"nats-{i}"}", sync_interval: always }}\n'
+            f'jetstream {{ store_dir: "{tmp_path / f"nats-{attempt}-{i}"}", sync_interval: always }}\n'
             f'cluster {{ name: vigie, listen: "127.0.0.1:{route[i]}", routes: [{routes}] }}\n'
         )
-        log = open(tmp_path / f"nats-{i}.log", "w")
+        log = open(tmp_path / f"nats-{attempt}-{i}.log", "w")
         procs.append(subprocess.Popen([server, "-c", str(conf)], stdout=log, stderr=log))
     deadline = time.time() + 60
     # Ready once every node knows the JetStream meta leader.
     for i in range(3):
         while True:
-            assert procs[i].poll() is None, f"nats-server n{i} exited"
+            if procs[i].poll() is not None:
+                for p in procs:
+                    p.kill()
+                    p.wait()
+                return None
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{monitor[i]}/jsz", timeout=2) as r:
                     if json.load(r).get("meta_cluster", {}).get("leader"):
@@ -83,8 +86,21 @@ def nats(tmp_path):
                 pass
             assert time.time() < deadline, "the NATS cluster elected no JetStream leader"
             time.sleep(0.2)
-    yield Nats(procs, client, monitor)
-    for p in procs:
+    return Nats(procs, client, monitor)
+
+
+@pytest.fixture
+def nats(tmp_path):
+    """Three nats-server processes in one cluster (see `Nats`). A fresh cluster per test (~3 s),
+    so that no stream is left over from another test."""
+    for attempt in range(3):
+        cluster = start_nats(tmp_path, attempt)
+        if cluster is not None:
+            break
+    else:
+        raise AssertionError(f"nats-server kept exiting at start: see {tmp_path}/nats-*.log")
+    yield cluster
+    for p in cluster.procs:
         p.kill()
         p.wait()
 
