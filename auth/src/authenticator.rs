@@ -212,6 +212,16 @@ impl Authenticator {
         Ok((principal, token))
     }
 
+    /// Ends the session of `token` (a console's logout); unknown tokens are ignored.
+    pub fn logout(&self, token: &str) {
+        self.tokens.lock().remove(token);
+    }
+
+    /// How long a session token from [`Authenticator::login`] lives.
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
+    }
+
     fn verify_basic(&self, credentials: &Credentials, encoded: &str) -> Result<Principal> {
         let key = sha256_hex(encoded.trim_end_matches('=').as_bytes());
         if let Some(principal) = credentials.verified.lock().get(&key) {

@@ -184,6 +184,20 @@ pub(crate) struct ServeArgs {
     /// is printed on stdout after the gRPC one) [default: off].
     #[arg(long, env = "VIGIE_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Serve the web console (live map, alert feed, overview, SQL) at `http://ADDR/` (port 0
+    /// picks a free port; the address is printed on stdout after the gRPC one) [default: off].
+    #[arg(long, env = "VIGIE_CONSOLE_ADDR")]
+    pub(crate) console_addr: Option<SocketAddr>,
+    /// The console map's tile URL template, e.g. `https://tiles.example/{z}/{x}/{y}.png`
+    /// [default: none: a latitude/longitude grid, which needs no network].
+    #[arg(long, env = "VIGIE_CONSOLE_TILE_URL")]
+    pub(crate) console_tile_url: Option<String>,
+    /// A GeoJSON file drawn on the console map under the drones (the force's area).
+    #[arg(long, env = "VIGIE_CONSOLE_OUTLINE")]
+    pub(crate) console_outline: Option<PathBuf>,
+    /// Rows one SQL console result shows at most (CSV exports are not capped) [default: 10000].
+    #[arg(long, env = "VIGIE_CONSOLE_MAX_ROWS")]
+    pub(crate) console_max_rows: Option<usize>,
 }
 
 /// The `--wal` setting.
@@ -262,6 +276,10 @@ impl ServeArgs {
             query_timeout,
             max_concurrent_queries,
             metrics_addr,
+            console_addr,
+            console_tile_url,
+            console_outline,
+            console_max_rows,
         )
     }
 }
@@ -367,6 +385,9 @@ pub(crate) struct Config {
     pub(crate) query_limits: vigie_sql::QueryLimits,
     /// `None`: no metrics endpoint.
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// `None`: no console.
+    pub(crate) console_addr: Option<SocketAddr>,
+    pub(crate) console: vigie_console::ConsoleSettings,
 }
 
 impl Config {
@@ -450,7 +471,7 @@ impl Config {
                 "--advertise-addr, --lease-ttl and --stream-prefix are for cluster mode: add --stream"
             );
         }
-        let config = Self {
+        let mut config = Self {
             object_store,
             grpc_addr: args.grpc_addr.unwrap_or(DEFAULT_GRPC_ADDR),
             flush_interval: args
@@ -508,8 +529,24 @@ impl Config {
                 .unwrap_or(vigie_auth::Authenticator::DEFAULT_TOKEN_TTL),
             query_limits,
             metrics_addr: args.metrics_addr,
+            console_addr: args.console_addr,
+            console: vigie_console::ConsoleSettings {
+                tile_url: args.console_tile_url.filter(|u| !u.is_empty()),
+                outline: match &args.console_outline {
+                    Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read the console outline {}", path.display())
+                    })?),
+                    None => None,
+                },
+                max_rows: args
+                    .console_max_rows
+                    .unwrap_or(vigie_console::ConsoleSettings::DEFAULT_MAX_ROWS),
+                secure_cookies: false,
+            },
             data_dir,
         };
+        config.console.secure_cookies = config.tls.is_some();
+        config.console.check().map_err(|e| anyhow::anyhow!(e))?;
         if let Some(hook) = &config.alert_webhook {
             let parsed = url::Url::parse(hook)
                 .with_context(|| format!("invalid --alert-webhook URL {hook}"))?;

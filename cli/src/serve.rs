@@ -95,6 +95,16 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
         }
         None => None,
     };
+    let console_listener = match config.console_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the console on {addr}"))?;
+            writeln!(stdout, "console on http://{}/", listener.local_addr()?)?;
+            Some(listener)
+        }
+        None => None,
+    };
     stdout.flush()?;
     info!(%addr, lake = %config.object_store, data_dir = %config.data_dir.display(), roles = %config.roles.names(), "listening");
 
@@ -193,6 +203,22 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
     ingest_slot.send_replace(Some(Slot::Serving(
         ingest.into_server(config.max_message_bytes),
     )));
+    // Connections wait in the listener's backlog until the engine is open.
+    let console = match console_listener {
+        Some(listener) => {
+            let console = vigie_console::Console::new(
+                engine.clone(),
+                sessions.clone(),
+                auth.clone(),
+                alerts.clone(),
+                config.console.clone(),
+                stop_serving.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            Some(tokio::spawn(console.serve(listener)))
+        }
+        None => None,
+    };
     alerts_slot.send_replace(Some(Slot::Serving(alerts.into_server())));
     // Leases renewed and vacant tenants taken over until the shutdown starts.
     let cluster = engine.start_cluster(stop_serving.clone());
@@ -280,6 +306,13 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
     }
     if let Some(maintenance) = maintenance {
         let _ = maintenance.await;
+    }
+    if let Some(console) = console {
+        match tokio::time::timeout(config.shutdown_timeout, console).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "the console server failed"),
+            Ok(_) => {}
+            Err(_) => warn!("the console's connections did not close in time"),
+        }
     }
     if let Some(cluster) = cluster {
         let _ = cluster.await;

@@ -143,7 +143,7 @@ pub async fn maintain(
     for day in days_to_compact(&files, today, args.target_file_bytes) {
         let (rewritten, removed, added) = match kind {
             TableKind::Hourly => reaggregate_day(lake, &path, &delta, &files, day).await?,
-            TableKind::Reports | TableKind::Alerts | TableKind::Audit => {
+            TableKind::Reports | TableKind::Alerts | TableKind::Audit | TableKind::AlertEvents => {
                 let value = day.to_string();
                 let filters = [(
                     DAY_COLUMN,

@@ -6,6 +6,9 @@ pub enum Error {
     /// A setting or name that cannot be used; the message says which and why.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A request that cannot be carried out as sent; the message says what to change.
+    #[error("{0}")]
+    InvalidInput(String),
     /// Stored data that does not match what Vigie writes.
     #[error("unexpected stored data: {0}")]
     Corrupt(String),
@@ -69,7 +72,9 @@ impl Error {
     /// The kind of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidConfig(_) | Error::TooLarge(_) => ErrorKind::InvalidInput,
+            Error::InvalidConfig(_) | Error::InvalidInput(_) | Error::TooLarge(_) => {
+                ErrorKind::InvalidInput
+            }
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Overloaded(_) => ErrorKind::Overloaded,
             Error::Wal(_) | Error::NotOwner(_) => ErrorKind::Unavailable,

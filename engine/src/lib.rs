@@ -12,6 +12,7 @@
 //! window, so a retry after a restart is still a duplicate.
 
 pub mod alert;
+pub mod alert_events;
 mod args;
 pub mod audit;
 mod checkpoint;

@@ -50,6 +50,7 @@ impl Tenant {
         let alerts = Arc::new(open(TableKind::Alerts).await?);
         let hourly = Arc::new(open(TableKind::Hourly).await?);
         let audit = Arc::new(open(TableKind::Audit).await?);
+        let alert_events = Arc::new(open(TableKind::AlertEvents).await?);
         let wal_app_id = format!("vigie-wal-{}", engine.writer_id);
         let reports_committed = reports.committed_wal_position(&wal_app_id).await?;
         let alerts_committed = alerts.committed_wal_position(&wal_app_id).await?;
@@ -103,6 +104,7 @@ impl Tenant {
             alerts,
             hourly,
             audit,
+            alert_events,
             lake: args.lake.clone(),
             state: Mutex::new(WriteState {
                 dedupe: DedupeIndex::default(),

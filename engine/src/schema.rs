@@ -27,15 +27,18 @@ pub enum TableKind {
     Hourly,
     /// Who queried or administered what, when, with which outcome (admins only).
     Audit,
+    /// What operators did about alerts (acknowledged, resolved), by whom, when, with a note.
+    AlertEvents,
 }
 
 impl TableKind {
     /// Every stored table, in a fixed order.
-    pub const ALL: [TableKind; 4] = [
+    pub const ALL: [TableKind; 5] = [
         TableKind::Reports,
         TableKind::Alerts,
         TableKind::Hourly,
         TableKind::Audit,
+        TableKind::AlertEvents,
     ];
 
     /// The table's SQL (and directory) name.
@@ -45,6 +48,7 @@ impl TableKind {
             TableKind::Alerts => "alerts",
             TableKind::Hourly => "reports_hourly",
             TableKind::Audit => "audit_log",
+            TableKind::AlertEvents => "alert_events",
         }
     }
 
@@ -55,6 +59,7 @@ impl TableKind {
             TableKind::Alerts => ALERTS_SCHEMA.clone(),
             TableKind::Hourly => HOURLY_SCHEMA.clone(),
             TableKind::Audit => AUDIT_SCHEMA.clone(),
+            TableKind::AlertEvents => ALERT_EVENTS_SCHEMA.clone(),
         }
     }
 }
@@ -139,6 +144,17 @@ static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("rows", DataType::Int64, true),
         Field::new("duration_ms", DataType::Float64, true),
         Field::new("outcome", DataType::Utf8, false),
+        Field::new(DAY_COLUMN, DataType::Date32, false),
+    ]))
+});
+
+static ALERT_EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("time", timestamp_type(), false),
+        Field::new("alert_id", DataType::Int64, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("principal", DataType::Utf8, false),
+        Field::new("note", DataType::Utf8, true),
         Field::new(DAY_COLUMN, DataType::Date32, false),
     ]))
 });

@@ -445,7 +445,7 @@ pub fn writer_properties(kind: TableKind) -> WriterProperties {
             "name".to_string(),
         ])),
         TableKind::Alerts => Some(ColumnPath::from("citizen")),
-        TableKind::Hourly | TableKind::Audit => None,
+        TableKind::Hourly | TableKind::Audit | TableKind::AlertEvents => None,
     };
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -488,6 +488,7 @@ fn plain_columns(kind: TableKind) -> &'static [(&'static str, Encoding)] {
             ("longitude", SPLIT),
         ],
         TableKind::Audit => &[("time", DELTA)],
+        TableKind::AlertEvents => &[("time", DELTA), ("alert_id", DELTA)],
         TableKind::Hourly => &[],
     }
 }

@@ -60,6 +60,7 @@ pub struct Tenant {
     pub(crate) alerts: Arc<LiveTable>,
     pub(crate) hourly: Arc<LiveTable>,
     pub(crate) audit: Arc<LiveTable>,
+    pub(crate) alert_events: Arc<LiveTable>,
     /// Whole days older than this are deleted (overrides the server's retention).
     pub(crate) retention: Option<Duration>,
     /// Dedupe index and alert id counter, changed together with the WAL and buffers.
@@ -189,6 +190,7 @@ impl Tenant {
             TableKind::Alerts => &self.alerts,
             TableKind::Hourly => &self.hourly,
             TableKind::Audit => &self.audit,
+            TableKind::AlertEvents => &self.alert_events,
         }
     }
 
@@ -428,7 +430,12 @@ impl Tenant {
     pub async fn flush(&self) -> Result<usize> {
         if self.role == TenantRole::Follower {
             self.follow_refresh().await?;
-            return Ok(self.audit.flush(&self.lake, &self.wal_app_id).await?.rows);
+            let events = self
+                .alert_events
+                .flush(&self.lake, &self.wal_app_id)
+                .await?
+                .rows;
+            return Ok(events + self.audit.flush(&self.lake, &self.wal_app_id).await?.rows);
         }
         let mut rows = 0;
         let mut committed = false;
@@ -454,6 +461,12 @@ impl Tenant {
         if committed {
             self.wal.truncate(self.safe_wal_position()).await?;
         }
+        // Any node records alert events: this commits a failed one again, and reads the others'.
+        rows += self
+            .alert_events
+            .flush(&self.lake, &self.wal_app_id)
+            .await?
+            .rows;
         rows += self.audit.flush(&self.lake, &self.wal_app_id).await?.rows;
         self.state.lock().dedupe.evict(self.dedupe_window_micros);
         self.log_alerts_raised();

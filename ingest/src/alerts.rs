@@ -30,7 +30,8 @@ pub(crate) const AFTER_HEADER: &str = "vigie-after";
 /// How long a proxied subscription looks for an owner before it gives up.
 const NO_OWNER_TIMEOUT: Duration = Duration::from_secs(60);
 
-type AlertStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;
+/// A subscription's alerts, in id order; an error ends it.
+pub type AlertStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;
 
 /// Implements `vigie.v1.Alerts`: subscribers get their own tenant's alerts.
 #[derive(Debug, Clone)]
@@ -60,6 +61,24 @@ impl AlertsService {
     /// The tonic server for this service.
     pub fn into_server(self) -> AlertsServer<Self> {
         AlertsServer::new(self)
+    }
+
+    /// A subscription of `caller` to its tenant's alerts from `from_id` (live ones only
+    /// without), for transports other than gRPC (the console's Server-Sent Events): served here
+    /// when this node owns the tenant, else through the owner, resumed across its failover.
+    pub async fn open(
+        &self,
+        caller: Principal,
+        from_id: Option<u64>,
+    ) -> Result<AlertStream, Status> {
+        let tenant = open_tenant(&self.engine, &caller)?;
+        if tenant.is_owner() {
+            return Ok(self.local(&tenant, from_id).await?.0);
+        }
+        if self.forwarder.is_none() {
+            return Err(status_of(&tenant.not_owner()));
+        }
+        self.proxy(caller, from_id).await
     }
 
     /// A subscription on this node, the tenant's owner: its stream, and the last alert published

@@ -15,7 +15,7 @@ mod alerts;
 mod forward;
 pub mod webhook;
 
-pub use alerts::AlertsService;
+pub use alerts::{AlertStream, AlertsService};
 pub use forward::{Connect, Forwarder};
 
 use std::pin::Pin;

@@ -16,7 +16,7 @@ def test_get_objects_and_table_schema(start_vigie):
             for c in objects
         }
         assert tree["vigie"]["public"] == [
-            ("alert_rules", "VIEW"), ("alerts", "TABLE"), ("audit_log", "TABLE"),
+            ("alert_events", "TABLE"), ("alert_rules", "VIEW"), ("alerts", "TABLE"), ("audit_log", "TABLE"),
             ("reports", "TABLE"), ("reports_hourly", "TABLE"), ("sightings", "VIEW"),
         ]  # audit_log: the open mode's anonymous caller is the default tenant's admin
         # Filters with patterns, and no catalog given.
