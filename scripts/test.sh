@@ -10,10 +10,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s ==\n' "$*"; }
 
-step "system tools (openssl makes the TLS test's certificate)"
-if ! command -v openssl >/dev/null; then
+step "system tools (openssl makes the TLS test's certificate; chromium runs the console's tests)"
+missing=""
+command -v openssl >/dev/null || missing="$missing openssl"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq openssl
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
 
 step "Python test environment (.venv)"

@@ -285,10 +285,15 @@ async function loadOverview() {
     fig('active drones (5 min)', f.active_drones, 'fig-drones'),
     fig('reports / min', f.reports_per_minute == null ? null : Number(f.reports_per_minute).toFixed(1), 'fig-rate'),
     fig('alerts today', f.alerts_today, 'fig-alerts'),
-    fig('ingest lag (s)', f.ingest_lag_seconds == null ? null : Number(f.ingest_lag_seconds).toFixed(2), 'fig-lag'));
+    fig('report delay (s, receipt − report time)', f.ingest_lag_seconds == null ? null : Number(f.ingest_lag_seconds).toFixed(2), 'fig-lag'));
   const cols = (name) => [{ name: 'hour' }, { name }];
-  chart($('chart-reports'), cols('reports'), data.hourly.map((h) => [h.hour, h.reports]));
-  chart($('chart-alerts'), cols('alerts'), data.hourly.map((h) => [h.hour, h.alerts]));
+  // Every hour of the last 24, empty ones included.
+  const byHour = new Map(data.hourly.map((h) => [Date.parse(h.hour), h]));
+  const now = new Date(); now.setUTCMinutes(0, 0, 0);
+  const hours = [...Array(24).keys()].map((i) => now.getTime() - (23 - i) * 3600e3);
+  const series = (name) => hours.map((t) => [new Date(t).toISOString(), byHour.get(t)?.[name] ?? 0]);
+  chart($('chart-reports'), cols('reports'), series('reports'));
+  chart($('chart-alerts'), cols('alerts'), series('alerts'));
   $('areas').replaceChildren(el('tr', {}, el('th', {}, 'cell'), el('th', {}, 'low-score sightings'), el('th', {}, 'reports')),
     ...data.top_areas.map((a) => el('tr', {}, el('td', {}, a.cell), el('td', {}, String(a.low_score_sightings)), el('td', {}, String(a.reports)))));
 }

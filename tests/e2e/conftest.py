@@ -40,6 +40,11 @@ class Vigie:
             line = self.proc.stdout.readline().strip()
             assert line.startswith("metrics on http://"), line
             self.metrics = line.removeprefix("metrics on http://").removesuffix("/metrics")
+        self.console = None
+        if "--console-addr" in args:
+            line = self.proc.stdout.readline().strip()
+            assert line.startswith("console on http://"), line
+            self.console = line.removeprefix("console on ")
         if wait_ready:
             self.wait_ready()
 

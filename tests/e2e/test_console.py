@@ -1,0 +1,295 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright against the real
+binary on port 0, every non-loopback request blocked and asserted absent.
+
+Two tenants (north, south); north's analyst `ana`, admin `boss`, south's analyst `sam`. Reports
+come from `vigie simulate` and from gRPC writes of the test; DuckDB over the simulator's dump is
+the oracle of the SQL console's numbers. Screenshots of each page go to
+`$VIGIE_TEST_OUTPUT/console/` (default: `target/test-output/console/`).
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+import pytest
+import requests
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from conftest import ROOT, Vigie, oracle_rows, simulate
+from test_tenants import PASSWORDS, admin, new_key
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-dev-shm-usage"]
+SHOTS = Path(os.environ.get("VIGIE_TEST_OUTPUT", ROOT / "target" / "test-output")) / "console"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    data = tmp_path_factory.mktemp("console") / "data"
+    admin(data, "create-tenant", "north")
+    admin(data, "create-tenant", "south")
+    for user, tenant, role in [("ana", "north", "analyst"), ("boss", "north", "admin"),
+                               ("sam", "south", "analyst")]:
+        admin(data, "create-user", "--tenant", tenant, "--role", role, user,
+              stdin=PASSWORDS[user] + "\n")
+    keys = {t: new_key(data, t, "drone")[1] for t in ("north", "south")}
+    vigie = Vigie(data, "--flush-interval", "500ms", "--console-addr", "127.0.0.1:0")
+    dump = tmp_path_factory.mktemp("dump") / "north.jsonl"
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 30 * 60))
+    simulate(vigie.addr, "--drones", "12", "--reports-per-drone", "30", "--start", start,
+             "--dump", str(dump), "--api-key", keys["north"])
+    simulate(vigie.addr, "--drones", "5", "--first-drone", "500", "--reports-per-drone", "30",
+             "--start", start, "--seed", "7", "--api-key", keys["south"])
+    yield {"vigie": vigie, "keys": keys, "dump": dump, "data": data}
+    vigie.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """One logged-in console tab; records and refuses every request that leaves loopback."""
+
+    def __init__(self, browser, base, user=None, key=None):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.outside = []
+
+        def route(r):
+            host = urlparse(r.request.url).hostname
+            if host in ("127.0.0.1", "localhost", None) or r.request.url.startswith("data:"):
+                r.continue_()
+            else:
+                self.outside.append(r.request.url)
+                r.abort()
+
+        self.context.route("**/*", route)
+        self.page = self.context.new_page()
+        self.errors = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.notes = []
+        self.page.on("dialog", lambda d: d.accept(self.notes.pop(0) if self.notes else ""))
+        self.page.goto(base)
+        if user:
+            self.page.fill("input[name=user]", user)
+            self.page.fill("input[name=password]", PASSWORDS[user])
+        else:
+            self.page.fill("input[name=api_key]", key)
+        self.page.click("#login-form button")
+        self.page.wait_for_selector("body[data-ready=true]", timeout=20000)
+        assert self.page.is_hidden("#login") and self.page.is_visible("#app")
+
+    def close(self):
+        assert self.outside == [], f"requests left loopback: {self.outside}"
+        assert self.errors == [], self.errors
+        self.context.close()
+
+
+def until(what, check, timeout=20):
+    """Polls `check` from Python (the page's CSP forbids the eval of `wait_for_function`)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def marker_ids(p):
+    return p.eval_on_selector_all("[data-drone]", "els => els.map(e => e.dataset.drone)")
+
+
+def write(vigie, key, pb, reports):
+    vigie_pb2, vigie_grpc = pb
+    with grpc.insecure_channel(vigie.addr) as channel:
+        stub = vigie_grpc.IngestStub(channel)
+        response = stub.Write(vigie_pb2.WriteRequest(reports=reports),
+                              metadata=[("authorization", f"Bearer {key}")], timeout=30)
+        assert response.accepted == len(reports), response
+
+
+def report(pb, drone, seq, lat, lon, citizens=(), words=()):
+    vigie_pb2, _ = pb
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return vigie_pb2.DroneReport(
+        drone_id=drone, seq=seq, time=ts, latitude=lat, longitude=lon, words=list(words),
+        citizens=[vigie_pb2.Citizen(name=n, score=s) for n, s in citizens])
+
+
+def api(base, user, path, body=None):
+    s = requests.Session()
+    r = s.post(base + "api/login", json={"user": user, "password": PASSWORDS[user]})
+    assert r.status_code == 200, r.text
+    return s, (s.post(base + "api" + path, json=body) if body is not None
+               else s.get(base + "api" + path))
+
+
+def test_login_refusals_and_cookie(world):
+    base = world["vigie"].console
+    r = requests.post(base + "api/login", json={"user": "ana", "password": "wrong"})
+    assert r.status_code == 401 and "wrong user name or password" in r.json()["error"]
+    r = requests.post(base + "api/login", json={"api_key": world["keys"]["north"]})
+    assert r.status_code == 403 and "drones cannot use the console" in r.json()["error"]
+    r = requests.post(base + "api/login", json={"user": "ana", "password": PASSWORDS["ana"]})
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert requests.get(base + "api/me").status_code == 401
+    # A cross-site form cannot post: JSON only, and a foreign Origin is refused.
+    s, _ = api(base, "ana", "/me")
+    assert s.post(base + "api/sql", data="sql=select 1").status_code == 400
+    r = s.post(base + "api/sql", json={"sql": "select 1"}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+    assert "default-src 'self'" in requests.get(base).headers["content-security-policy"]
+
+
+def test_map_shows_and_moves_drones(world, browser, pb):
+    vigie = world["vigie"]
+    page = Page(browser, vigie.console, user="ana")
+    p = page.page
+    until("12 drone markers", lambda: len(marker_ids(p)) == 12)
+    drones = sorted(marker_ids(p))
+    assert drones == [f"drone-{i:05d}" for i in range(12)]
+    assert "plain background" in p.inner_text("#map-note")
+    marker = "[data-drone='drone-00003']"
+    before = p.get_attribute(marker, "d")
+    write(vigie, world["keys"]["north"], pb, [report(pb, "drone-00003", 10_000, 48.70, 2.10)])
+    until("the marker to move", lambda: p.get_attribute(marker, "d") != before)
+    p.click(marker)
+    p.wait_for_selector("#track-box:not([hidden])")
+    assert p.inner_text("#track-drone") == "drone-00003"
+    p.screenshot(path=str(SHOTS / "map.png"))
+    page.close()
+
+
+def test_alert_feed_live_ack_shared(world, browser, pb):
+    vigie = world["vigie"]
+    one = Page(browser, vigie.console, user="ana")
+    two = Page(browser, vigie.console, user="boss")
+    for page in (one, two):
+        page.page.goto(vigie.console + "#alerts")
+        page.page.wait_for_selector("#feed tr")
+    sent = time.monotonic()
+    write(vigie, world["keys"]["north"], pb, [report(
+        pb, "drone-00001", 10_001, 48.8601, 2.3501, citizens=[("Zoé Test", 3.5)], words=["émeute"])])
+    row = "#feed tr:has-text('Zoé Test')"
+    one.page.wait_for_selector(row, timeout=10000)
+    latency = time.monotonic() - sent
+    print(f"alert drawn {latency * 1000:.0f} ms after the write")
+    alert_id = int(one.page.get_attribute(row, "data-alert"))
+    assert one.page.title().startswith("(")
+    one.notes.append("unit 12 sent")
+    one.page.click(f"{row} button.ack")
+    # The acknowledgement reaches the other console without a reload.
+    two.page.wait_for_selector(f"#feed tr[data-alert='{alert_id}'] td.state:has-text('unit 12 sent')",
+                               timeout=10000)
+    one.page.screenshot(path=str(SHOTS / "alerts.png"))
+    _, r = api(vigie.console, "ana", "/sql", {
+        "sql": f"SELECT alert_id, action, principal, note FROM alert_events WHERE alert_id = {alert_id}"})
+    assert r.json()["rows"] == [[alert_id, "ack", "user:ana", "unit 12 sent"]]
+    _, r = api(vigie.console, "boss", "/audit")
+    actions = [(row[3], row[4]) for row in r.json()["rows"]]
+    assert ("ack-alert", f"alert {alert_id}: unit 12 sent") in actions
+    # Clicking the alert flies the map to it, with the words heard.
+    two.page.click(f"#feed tr[data-alert='{alert_id}'] td:first-child")
+    two.page.wait_for_selector(".alert-popup:has-text('émeute')", timeout=10000)
+    one.close()
+    two.close()
+
+
+def test_sse_resumes_after_last_event_id(world, pb):
+    base = world["vigie"].console
+    s, r = api(base, "ana", "/alerts?limit=5000")
+    ids = sorted(a["id"] for a in r.json()["alerts"])
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) >= 3
+
+    def read_ids(headers, n):
+        got = []
+        with s.get(base + "api/alerts/stream", headers=headers, stream=True, timeout=30) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("id: "):
+                    got.append(int(line[4:]))
+                    if len(got) == n:
+                        break
+        return got
+
+    head = read_ids({"Last-Event-ID": "0"}, 2)
+    assert head == [1, 2]
+    rest = read_ids({"Last-Event-ID": str(head[-1])}, len(ids) - 2)
+    assert head + rest == ids  # no gap, no repeat
+
+
+def test_sql_console_matches_duckdb(world, browser):
+    page = Page(browser, world["vigie"].console, user="ana")
+    p = page.page
+    p.goto(world["vigie"].console + "#sql")
+    p.wait_for_selector("#schema details")
+    assert "alert_events" in p.inner_text("#schema")
+    sql = ("SELECT drone_id, count(*) AS n FROM reports WHERE seq < 1000 "
+           "GROUP BY drone_id ORDER BY drone_id")
+    p.fill("#sql-text", sql)
+    p.press("#sql-text", "Control+Enter")
+    p.wait_for_selector("#sql-result tr:nth-child(2)")
+    cells = p.eval_on_selector_all("#sql-result tr", "rows => rows.slice(1).map(r => [...r.cells].map(c => c.textContent))")
+    expected = oracle_rows(world["dump"], "SELECT drone_id, count(*) FROM dump GROUP BY 1 ORDER BY 1")
+    assert [(d, int(n)) for d, n in cells] == expected
+    assert p.get_attribute("#sql-chart", "data-kind") == "bar"
+    assert json.loads(p.get_attribute("#sql-chart", "data-values")) == [[n for _, n in expected]]
+    assert p.query_selector("#sql-chart canvas") is not None
+    assert "rows in" in p.inner_text("#sql-status")
+    p.screenshot(path=str(SHOTS / "sql.png"))
+    p.fill("#sql-text", "SELECT nope FROM reports")
+    p.press("#sql-text", "Control+Enter")
+    p.wait_for_selector("#sql-error:has-text('nope')")
+    page.close()
+
+
+def test_tenant_isolation_and_roles(world, browser):
+    base = world["vigie"].console
+    page = Page(browser, base, user="sam")
+    p = page.page
+    until("5 drone markers", lambda: len(marker_ids(p)) == 5)
+    drones = marker_ids(p)
+    assert all(d.startswith("drone-005") for d in drones), drones
+    assert p.is_hidden("#audit-link")
+    p.goto(base + "#alerts")
+    assert "Zoé Test" not in p.inner_text("#feed")
+    page.close()
+    _, r = api(base, "sam", "/sql", {"sql": "SELECT count(DISTINCT drone_id) FROM reports"})
+    assert r.json()["rows"] == [[5]]
+    _, r = api(base, "ana", "/audit")
+    assert r.status_code == 403
+    admin_page = Page(browser, base, user="boss")
+    admin_page.page.goto(base + "#audit")
+    admin_page.page.wait_for_selector("#audit tr:has-text('console-login')")
+    admin_page.page.goto(base + "#overview")
+    admin_page.page.wait_for_selector("#fig-drones b")
+    admin_page.page.screenshot(path=str(SHOTS / "overview.png"))
+    admin_page.close()
+
+
+def test_failing_tiles_fall_back_to_the_grid(tmp_path, browser):
+    # Port 9 (discard) has no HTTP server here: every tile fails.
+    vigie = Vigie(tmp_path / "data", "--console-addr", "127.0.0.1:0",
+                  "--console-tile-url", "http://127.0.0.1:9/{z}/{x}/{y}.png")
+    try:
+        csp = requests.get(vigie.console).headers["content-security-policy"]
+        assert "img-src 'self' data: http://127.0.0.1:9" in csp
+        ctx = browser.new_context()
+        p = ctx.new_page()
+        p.goto(vigie.console)  # open mode: no login
+        p.wait_for_selector("body[data-ready=true]", timeout=20000)
+        p.wait_for_selector("#map-note:has-text('does not answer')", timeout=20000)
+        ctx.close()
+    finally:
+        vigie.kill()
