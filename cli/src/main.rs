@@ -11,6 +11,7 @@
 mod admin;
 mod cluster;
 mod config;
+mod demo;
 mod health;
 mod metrics;
 mod query;
@@ -45,6 +46,9 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Send a deterministic simulated fleet to a server.
     Simulate(simulate::SimulateArgs),
+    /// See it work: a server with the web console and a live simulated fleet; prints the
+    /// console's URL and a login.
+    Demo(demo::DemoArgs),
     /// Run SQL on a server over Flight SQL: one statement, or an interactive prompt.
     Query(query::QueryArgs),
     /// Run table maintenance once (retention, compaction of closed days, vacuum) on a lake,
@@ -74,6 +78,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(config::Config::resolve(*args)?).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Query(args) => query::run(args).await,
             Command::Compact(args) => compact(config::Config::resolve(*args)?).await,
             Command::Admin(args) => admin::run(args).await,

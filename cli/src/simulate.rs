@@ -298,10 +298,10 @@ impl AlertWatch {
 
 /// Adds `authorization: Bearer <key>` to every call when a key is given.
 #[derive(Debug, Clone)]
-struct BearerAuth(Option<tonic::metadata::AsciiMetadataValue>);
+pub(crate) struct BearerAuth(Option<tonic::metadata::AsciiMetadataValue>);
 
 impl BearerAuth {
-    fn new(key: Option<&str>) -> Result<Self> {
+    pub(crate) fn new(key: Option<&str>) -> Result<Self> {
         key.map(|k| {
             format!("Bearer {k}")
                 .parse()

@@ -293,3 +293,32 @@ def test_failing_tiles_fall_back_to_the_grid(tmp_path, browser):
         ctx.close()
     finally:
         vigie.kill()
+
+
+def test_demo_prints_a_working_console_and_login(tmp_path):
+    import signal
+    import subprocess
+
+    from conftest import vigie_bin
+
+    proc = subprocess.Popen([vigie_bin(), "demo", "--data-dir", str(tmp_path / "demo"),
+                             "--console-addr", "127.0.0.1:0", "--drones", "10",
+                             "--interval", "200ms"], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = {}
+        for _ in range(6):
+            words = proc.stdout.readline().split()
+            if len(words) >= 2:
+                lines[words[0]] = words
+        base, password = lines["console"][1], lines["login"][4]
+        s = requests.Session()
+        assert s.post(base + "api/login", json={"user": "demo", "password": password}).ok
+        until("10 live drones", lambda: len(s.get(base + "api/drones/latest").json()["drones"]) == 10)
+        ages = [d["age_seconds"] for d in s.get(base + "api/drones/latest").json()["drones"]]
+        assert max(ages) < 60  # reports carry the current time: a live fleet
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(base, timeout=5)  # the server stopped with the demo
+    finally:
+        proc.kill()
