@@ -66,6 +66,9 @@ impl Drop for SharedStore {
     }
 }
 
+/// How long a write waits for a new bucket to become routable before it gives up.
+const ROUTABLE_WITHIN: Duration = Duration::from_secs(10);
+
 fn unavailable(bucket: &str, what: &str, e: impl fmt::Display) -> Error {
     Error::Unavailable(format!(
         "the credentials bucket {bucket} on NATS: {what}: {e}"
@@ -168,17 +171,34 @@ impl SharedStore {
             .map(|(k, v)| (k, v.clone()));
         let mut last = 0;
         for (key, value) in changed.chain(removed) {
-            let written = match revisions.get(key) {
-                Some(&revision) => match self.kv.update(key, value, revision).await {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => return Ok(None),
+            // A bucket created an instant ago (by this process or another) may not be routable
+            // from this client's server yet: JetStream answers "no responders" for a moment.
+            let deadline = tokio::time::Instant::now() + ROUTABLE_WITHIN;
+            let written = loop {
+                let attempt = match revisions.get(key) {
+                    Some(&revision) => match self.kv.update(key, value.clone(), revision).await {
+                        Ok(r) => Ok(r),
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                            return Ok(None);
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => match self.kv.create(key, value.clone()).await {
+                        Ok(r) => Ok(r),
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(None),
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                match attempt {
+                    Ok(revision) => break revision,
+                    Err(e)
+                        if e.contains("no responders")
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     Err(e) => return Err(unavailable(bucket, "cannot write", e)),
-                },
-                None => match self.kv.create(key, value).await {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(None),
-                    Err(e) => return Err(unavailable(bucket, "cannot write", e)),
-                },
+                }
             };
             last = last.max(written);
         }
