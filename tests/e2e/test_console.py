@@ -322,3 +322,18 @@ def test_demo_prints_a_working_console_and_login(tmp_path):
             requests.get(base, timeout=5)  # the server stopped with the demo
     finally:
         proc.kill()
+
+
+def test_saved_queries_are_the_tenants(world):
+    base = world["vigie"].console
+    ana, r = api(base, "ana", "/queries", {"name": "per drone", "sql": "SELECT drone_id FROM reports"})
+    assert r.status_code == 200, r.text
+    boss, r = api(base, "boss", "/queries")
+    assert [(q["name"], q["saved_by"]) for q in r.json()["queries"]] == [("per drone", "user:ana")]
+    _, r = api(base, "sam", "/queries")
+    assert r.json()["queries"] == []  # south sees none of north's
+    assert ana.post(base + "api/queries", json={"name": "", "sql": "x"}).status_code == 400
+    assert boss.delete(base + "api/queries/per%20drone",
+                       headers={"Content-Type": "application/json"}).json()["queries"] == []
+    assert boss.delete(base + "api/queries/nothing",
+                       headers={"Content-Type": "application/json"}).status_code == 404
