@@ -60,7 +60,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     }
     let data_dir = match args.data_dir {
         Some(dir) => dir,
-        None => tempfile_dir()?,
+        None => std::env::temp_dir().join(format!("vigie-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -157,11 +157,6 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     }
     drop(server);
     Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("vigie-demo-{}", std::process::id()));
-    Ok(dir)
 }
 
 fn random_password() -> Result<String> {

@@ -22,7 +22,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
-use datafusion::physical_plan::execute_stream;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -74,16 +75,20 @@ impl Rows {
     }
 }
 
-async fn frame(
+/// The physical plan of `sql` (with `params` bound), and the context to run it in (the
+/// session's memory limit).
+async fn physical(
     session: &SqlEngine,
     sql: &str,
     params: Vec<ScalarValue>,
-) -> vigie_sql::Result<DataFrame> {
-    if params.is_empty() {
-        session.plan(sql).await
+) -> vigie_sql::Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)> {
+    let frame: DataFrame = if params.is_empty() {
+        session.plan(sql).await?
     } else {
-        session.statement(sql).await?.bind(params)
-    }
+        session.statement(sql).await?.bind(params)?
+    };
+    let task = session.task_context(&frame)?;
+    Ok((frame.create_physical_plan().await?, task))
 }
 
 impl ConsoleState {
@@ -96,20 +101,13 @@ impl ConsoleState {
         cap: usize,
     ) -> Result<Rows> {
         let started = Instant::now();
-        let query = self.sessions.admit(who, sql, Purpose::Run)?;
-        let session = self
-            .sessions
-            .session(who)
-            .await
-            .inspect_err(|e| query.fail(e))?;
+        let (query, session) = self.sessions.start(who, sql, Purpose::Run).await?;
         let counter = query.row_counter();
         let text = sql.to_string();
         let (schema, batches, truncated) = self
             .sessions
             .run(&query, async move {
-                let frame = frame(&session, &text, params).await?;
-                let task = session.task_context(&frame)?;
-                let plan = frame.create_physical_plan().await?;
+                let (plan, task) = physical(&session, &text, params).await?;
                 let schema = plain_schema(&plan.schema());
                 let mut stream = execute_stream(plan, task)?;
                 let (mut batches, mut rows, mut truncated) = (Vec::new(), 0, false);
@@ -228,23 +226,14 @@ pub(crate) async fn sql(
 }
 
 async fn csv_response(state: &ConsoleState, who: &Principal, sql: String) -> Result<Response> {
-    let query = state.sessions.admit(who, &sql, Purpose::Run)?;
-    let session = state
+    let (query, session) = state.sessions.start(who, &sql, Purpose::Run).await?;
+    let (plan, task) = state
         .sessions
-        .session(who)
-        .await
-        .inspect_err(|e| query.fail(e))?;
-    let text = sql.clone();
-    let planned = state
-        .sessions
-        .run(&query, async move {
-            let frame = frame(&session, &text, Vec::new()).await?;
-            let task = session.task_context(&frame)?;
-            let plan = frame.create_physical_plan().await?;
-            Ok((plan, task))
-        })
+        .run(
+            &query,
+            async move { physical(&session, &sql, Vec::new()).await },
+        )
         .await?;
-    let (plan, task) = planned;
     let schema = plain_schema(&plan.schema());
     let counter = query.row_counter();
     let batches = futures::stream::once(async move { execute_stream(plan, task) })

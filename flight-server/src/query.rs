@@ -60,19 +60,12 @@ impl VigieFlightSql {
         Fut: Future<Output = Result<T, SqlError>> + Send + 'static,
         T: Send + 'static,
     {
-        let query = self
+        let (query, session) = self
             .sessions
-            .admit(who, sql, Purpose::Plan)
-            .map_err(|e| status_of(&e))?;
-        let session = self
-            .sessions
-            .session(who)
+            .start(who, sql, Purpose::Plan)
             .await
-            .inspect_err(|e| query.fail(e));
-        let result = match session {
-            Ok(session) => self.sessions.run(&query, work(session)).await,
-            Err(e) => Err(e),
-        };
+            .map_err(|e| status_of(&e))?;
+        let result = self.sessions.run(&query, work(session)).await;
         if result.is_ok() {
             query.end(Outcome::Ok);
         }

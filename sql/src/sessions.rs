@@ -178,6 +178,22 @@ impl Sessions {
         Ok(session)
     }
 
+    /// Admits one query of `principal` ([`Sessions::admit`]) and opens its session
+    /// ([`Sessions::session`]); a session that cannot be opened is the query's outcome.
+    pub async fn start(
+        &self,
+        principal: &Principal,
+        sql: &str,
+        purpose: Purpose,
+    ) -> Result<(Query, SqlEngine)> {
+        let query = self.admit(principal, sql, purpose)?;
+        let session = self
+            .session(principal)
+            .await
+            .inspect_err(|e| query.fail(e))?;
+        Ok((query, session))
+    }
+
     /// Admits one query of `principal`: a permit of its tenant and its memory reservation, held
     /// until the returned [`Query`] is dropped; its time limit starts now. A refusal is audited.
     pub fn admit(&self, principal: &Principal, sql: &str, purpose: Purpose) -> Result<Query> {
