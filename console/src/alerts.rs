@@ -6,8 +6,9 @@
 //! GET  /api/alerts/{id}          ─▶ the alert, its report's words and citizens
 //! GET  /api/alerts/stream        ─▶ AlertsService::open(from_id) ─▶ `event: alert`, `id: <alert id>`
 //!      (Last-Event-ID: n ─▶ from_id n + 1: a reconnect resumes with no gap and no repeat)
-//!      + `event: alert-event` (no id) for each acknowledgement recorded on this node
-//! POST /api/alerts/{id}/ack {action, note} ─▶ Tenant::record_alert_event ─▶ broadcast
+//!      + `event: alert-event` (no id) for each acknowledgement (Engine::watch_alert_events:
+//!        recorded on this node at once, on another within its flush interval)
+//! POST /api/alerts/{id}/ack {action, note} ─▶ Tenant::record_alert_event ─▶ every watcher
 //! ```
 
 use std::sync::Arc;
@@ -21,18 +22,12 @@ use datafusion::common::ScalarValue;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use vigie_engine::alert_events::{AlertAction, AlertEvent};
-use vigie_engine::store::TenantName;
 use vigie_ingest::webhook::alert_json;
 
 use crate::session::Caller;
 use crate::{ConsoleState, Error, Result};
-
-/// Acknowledgements an open console may have pending before it misses some (it then reloads
-/// the feed).
-const EVENTS_QUEUE: usize = 256;
 
 const ALERTS_WITH_STATE: &str = "SELECT a.id, a.rule, a.drone_id, a.seq, a.time, a.latitude, \
      a.longitude, a.citizen, a.score, a.raised_at, e.action AS state, e.principal AS state_by, \
@@ -42,15 +37,17 @@ const ALERTS_WITH_STATE: &str = "SELECT a.id, a.rule, a.drone_id, a.seq, a.time,
      last_value(note ORDER BY time) AS note FROM alert_events GROUP BY alert_id) e \
      ON a.id = e.alert_id";
 
-impl ConsoleState {
-    /// The channel of `tenant`'s acknowledgements on this node.
-    fn events(&self, tenant: &TenantName) -> broadcast::Sender<Value> {
-        self.events
-            .lock()
-            .entry(tenant.clone())
-            .or_insert_with(|| broadcast::channel(EVENTS_QUEUE).0)
-            .clone()
-    }
+/// An operator's action as the pages show it (the `state*` columns of the feed).
+fn event_json(event: &AlertEvent) -> Value {
+    let time = chrono::DateTime::from_timestamp_micros(event.time_micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    json!({
+        "alert_id": event.alert_id,
+        "state": event.action.as_str(),
+        "state_by": event.principal,
+        "state_at": time,
+        "note": event.note,
+    })
 }
 
 /// `GET /api/alerts` parameters.
@@ -159,18 +156,7 @@ pub(crate) async fn ack(
         note: request.note.filter(|n| !n.trim().is_empty()),
     };
     tenant.record_alert_event(&event).await?;
-    let time = chrono::DateTime::from_timestamp_micros(event.time_micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    let json = json!({
-        "alert_id": id,
-        "state": action.as_str(),
-        "state_by": event.principal,
-        "state_at": time,
-        "note": event.note,
-    });
-    // Nobody listening is fine.
-    let _ = state.events(&caller.0.tenant).send(json.clone());
-    Ok(Json(json))
+    Ok(Json(event_json(&event)))
 }
 
 /// `GET /api/alerts/stream` parameters.
@@ -200,15 +186,16 @@ pub(crate) async fn stream(
         .transpose()?;
     let from_id = last_seen.map(|id| id + 1).or(params.from_id);
     // Subscribed to acknowledgements first: none recorded after the feed was read is missed.
-    let events = BroadcastStream::new(state.events(&caller.0.tenant).subscribe()).map(|event| {
-        Some(Ok(match event {
-            Ok(event) => Event::default()
-                .event("alert-event")
-                .data(event.to_string()),
-            // Fell behind: the page reloads the feed's state.
-            Err(_) => Event::default().event("reload").data("{}"),
-        }))
-    });
+    let events =
+        BroadcastStream::new(state.engine.watch_alert_events(&caller.0.tenant)).map(|event| {
+            Some(Ok(match event {
+                Ok(event) => Event::default()
+                    .event("alert-event")
+                    .data(event_json(&event).to_string()),
+                // Fell behind: the page reloads the feed's state.
+                Err(_) => Event::default().event("reload").data("{}"),
+            }))
+        });
     let tenant = caller.0.tenant.as_str().to_string();
     let alerts = state
         .alerts

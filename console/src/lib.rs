@@ -8,6 +8,7 @@
 //!   /api/sql …   ─▶ Caller (cookie ─▶ Principal) ─▶ Sessions (limits, audit) ─▶ JSON / CSV
 //!   /api/alerts/stream ─▶ AlertsService::open ─▶ Server-Sent Events (id = alert id)
 //!   /api/alerts/{id}/ack ─▶ Tenant::record_alert_event (alert_events) ─▶ every open console
+//!                           (this node's at once, other nodes' at their next flush tick)
 //! ```
 //! The console is one more client of the engine: it reuses the credentials, the SQL sessions
 //! and their limits and audit, and the alert subscriptions of the gRPC services, so a tenant
@@ -21,7 +22,6 @@ mod query;
 mod saved;
 mod session;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -34,14 +34,11 @@ use axum::http::header::{
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use vigie_auth::Authenticator;
 use vigie_engine::Engine;
-use vigie_engine::store::TenantName;
 use vigie_ingest::AlertsService;
 use vigie_sql::Sessions;
 
@@ -113,8 +110,6 @@ pub struct ConsoleState {
     auth: Arc<Authenticator>,
     alerts: AlertsService,
     settings: ConsoleSettings,
-    /// Each tenant's acknowledgements, to the consoles open on this node.
-    events: Mutex<HashMap<TenantName, broadcast::Sender<Value>>>,
     /// Ends the live streams when the server stops.
     shutdown: CancellationToken,
     csp: HeaderValue,
@@ -162,7 +157,6 @@ impl Console {
                 auth,
                 alerts,
                 settings,
-                events: Mutex::default(),
                 shutdown,
                 csp: HeaderValue::from_str(&csp).map_err(|e| e.to_string())?,
             }),

@@ -37,11 +37,11 @@ mod tenant;
 pub mod testing;
 mod wal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 pub use crate::args::{EngineArgs, StreamSettings, TenantSettings, WalMode};
 pub use crate::checkpoint::{Checkpoints, KvCheckpoints, LakeCheckpoints};
@@ -50,6 +50,7 @@ pub use crate::lease::NodeInfo;
 pub use crate::tenant::{PendingWrite, Tenant, TenantRole};
 
 use crate::alert::RuleSet;
+use crate::alert_events::{AlertEvent, FEED_QUEUE};
 use crate::args::rules_for;
 use crate::recovery::writer_id;
 use crate::store::{Lake, TenantName};
@@ -70,6 +71,9 @@ pub struct Engine {
     cluster: Option<cluster::Cluster>,
     /// Progress kept across restarts and nodes (the lake's, or the cluster's bucket).
     checkpoints: Arc<dyn Checkpoints>,
+    /// Each tenant's alert events as this node learns of them (kept across the tenant's
+    /// reopening in another role, so that a watcher stays subscribed).
+    alert_event_feeds: parking_lot::Mutex<HashMap<TenantName, broadcast::Sender<AlertEvent>>>,
 }
 
 impl Engine {
@@ -124,6 +128,7 @@ impl Engine {
             flush_now: Arc::new(Notify::new()),
             gauge: Arc::new(AtomicUsize::new(0)),
             jetstream,
+            alert_event_feeds: parking_lot::Mutex::default(),
         };
         let tenants = if tenants.is_empty() {
             vec![TenantSettings::named(TenantName::default_tenant())]
@@ -168,6 +173,22 @@ impl Engine {
     /// Every open tenant, by name.
     pub fn tenants(&self) -> Vec<Arc<Tenant>> {
         self.tenants.read().values().cloned().collect()
+    }
+
+    /// Operators' actions on `tenant`'s alerts from now on, as this node learns of them: those
+    /// recorded on this node at once, those recorded on others within a flush interval. A
+    /// receiver that lags more than [`FEED_QUEUE`] events behind gets `Lagged` and should
+    /// reload the alerts' state from `alert_events`.
+    pub fn watch_alert_events(&self, tenant: &TenantName) -> broadcast::Receiver<AlertEvent> {
+        self.alert_event_sender(tenant).subscribe()
+    }
+
+    fn alert_event_sender(&self, tenant: &TenantName) -> broadcast::Sender<AlertEvent> {
+        self.alert_event_feeds
+            .lock()
+            .entry(tenant.clone())
+            .or_insert_with(|| broadcast::channel(FEED_QUEUE).0)
+            .clone()
     }
 
     /// The `default` tenant: the open single-tenant mode's, and the only one when no tenant was

@@ -20,6 +20,7 @@ use tracing::info;
 use vigie_proto::v1::DroneReport;
 
 use crate::alert::{AlertHub, RuleSet};
+use crate::alert_events::AlertEventFeed;
 use crate::args::{TenantSettings, WalMode, rules_for, window_micros};
 use crate::dedupe::DedupeIndex;
 use crate::follow::FollowerTail;
@@ -104,6 +105,10 @@ impl Tenant {
             alerts,
             hourly,
             audit,
+            alert_feed: AlertEventFeed::new(
+                engine.alert_event_sender(&name),
+                &alert_events.snapshot().files,
+            ),
             alert_events,
             lake: args.lake.clone(),
             state: Mutex::new(WriteState {

@@ -20,6 +20,7 @@ use tracing::{error, info};
 use vigie_proto::v1::{Alert, Rejection, WriteRequest, WriteResponse};
 
 use crate::alert::{AlertHub, RuleSet, alerts_to_proto};
+use crate::alert_events::AlertEventFeed;
 use crate::args::TenantSettings;
 use crate::audit::{self, AuditEvent};
 use crate::dedupe::DedupeIndex;
@@ -61,6 +62,8 @@ pub struct Tenant {
     pub(crate) hourly: Arc<LiveTable>,
     pub(crate) audit: Arc<LiveTable>,
     pub(crate) alert_events: Arc<LiveTable>,
+    /// Pushes the alert events new to this node to its watchers.
+    pub(crate) alert_feed: AlertEventFeed,
     /// Whole days older than this are deleted (overrides the server's retention).
     pub(crate) retention: Option<Duration>,
     /// Dedupe index and alert id counter, changed together with the WAL and buffers.
@@ -430,11 +433,7 @@ impl Tenant {
     pub async fn flush(&self) -> Result<usize> {
         if self.role == TenantRole::Follower {
             self.follow_refresh().await?;
-            let events = self
-                .alert_events
-                .flush(&self.lake, &self.wal_app_id)
-                .await?
-                .rows;
+            let events = self.flush_alert_events().await?;
             return Ok(events + self.audit.flush(&self.lake, &self.wal_app_id).await?.rows);
         }
         let mut rows = 0;
@@ -462,11 +461,7 @@ impl Tenant {
             self.wal.truncate(self.safe_wal_position()).await?;
         }
         // Any node records alert events: this commits a failed one again, and reads the others'.
-        rows += self
-            .alert_events
-            .flush(&self.lake, &self.wal_app_id)
-            .await?
-            .rows;
+        rows += self.flush_alert_events().await?;
         rows += self.audit.flush(&self.lake, &self.wal_app_id).await?.rows;
         self.state.lock().dedupe.evict(self.dedupe_window_micros);
         self.log_alerts_raised();

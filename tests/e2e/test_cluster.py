@@ -740,3 +740,43 @@ def test_the_owner_killed_again_and_again_loses_nothing(nats, start_vigie, tmp_p
         == [(240, 1, 240)]
     dispatcher.join(timeout=60)
     assert received == list(range(1, 241)), (len(received), received[:5], failed)
+
+
+def test_an_acknowledgement_reaches_the_consoles_of_every_node(nats, start_vigie, tmp_path, pb):
+    """An operator acknowledges an alert on one node's console: a console open on another node
+    receives it live on its alert stream (within that node's flush interval), without a reload."""
+    import requests
+    vigie_pb2, vigie_grpc = pb
+    args = list(node_args(tmp_path, nats))
+    args[args.index("--flush-interval") + 1] = "200ms"
+    a = start_vigie(*args, "--console-addr", "127.0.0.1:0", data_dir=tmp_path / "a")
+    b = start_vigie(*args, "--console-addr", "127.0.0.1:0", data_dir=tmp_path / "b")
+    wait_owner(a)
+    stub = vigie_grpc.IngestStub(grpc.insecure_channel(b.addr))
+    answer = stub.Write(vigie_pb2.WriteRequest(reports=minute_batch(vigie_pb2, 0)), timeout=30)
+    assert answer.accepted == 10, answer
+    # b's console (open mode: no login) listens before the operator acts on a's.
+    events, opened = [], threading.Event()
+
+    def listen():
+        with requests.get(b.console + "api/alerts/stream", stream=True, timeout=60) as r:
+            opened.set()
+            kind = None
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "alert-event":
+                    events.append(json.loads(line[6:]))
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert opened.wait(30)  # the response starts once the stream is subscribed
+    r = requests.post(a.console + "api/alerts/1/ack", json={"action": "ack", "note": "unit 7"},
+                      timeout=30)
+    assert r.status_code == 200, r.text
+    listener.join(timeout=20)
+    assert [(e["alert_id"], e["state"], e["note"]) for e in events] == [(1, "ack", "unit 7")]
+    # And b's feed, read by SQL, has the same state.
+    r = requests.get(b.console + "api/alerts", timeout=30)
+    assert [(x["id"], x["state"], x["note"]) for x in r.json()["alerts"]] == [(1, "ack", "unit 7")]
