@@ -88,10 +88,12 @@ async function setupMap() {
     });
     tiles.on('tileload', () => { failures = 0; });
   } else {
-    plainBackground('No tile server is set (--console-tile-url): plain background (lat/lon grid).');
+    plainBackground(config.outline
+      ? 'No tile server is set (--console-tile-url): plain background (the force\'s outline and a lat/lon grid).'
+      : 'No tile server is set (--console-tile-url): plain background (lat/lon grid).');
   }
   if (config.outline) {
-    try { L.geoJSON(await api('/outline'), { style: { color: '#556', weight: 2, fill: false } }).addTo(map); } catch (e) { console.warn(e); }
+    try { L.geoJSON(await api('/outline'), { style: { color: '#556', weight: 2, fill: false, className: 'outline' } }).addTo(map); } catch (e) { console.warn(e); }
   }
 }
 
@@ -125,6 +127,8 @@ async function refreshDrones() {
   if (!fitted && data.drones.length) {
     fitted = true;
     map.fitBounds(L.latLngBounds(data.drones.map((d) => [d.latitude, d.longitude])).pad(0.2));
+    // For the benchmark (bench/console.py): when the first drones were drawn.
+    requestAnimationFrame(() => performance.mark('vigie:map-drawn'));
   }
 }
 
@@ -173,6 +177,21 @@ function beep() {
   } catch (e) { /* no audio device */ }
 }
 
+// Alerts kept in the page (the newest; older ones stay in the feed's SQL).
+const KEPT_ALERTS = 5000;
+// Live alerts and events arriving together are drawn once, at the next frame.
+let pendingRender = null;
+function scheduleRender() {
+  if (pendingRender) return;
+  pendingRender = { fresh: new Set() };
+  requestAnimationFrame(() => {
+    const { fresh } = pendingRender; pendingRender = null;
+    renderFeed(); refreshAlertMarkers(fresh);
+    // For the benchmark (bench/console.py): when each live alert was drawn.
+    for (const id of fresh) performance.mark('vigie:alert-drawn', { detail: { id, raised_at: state.alerts.get(id)?.raised_at } });
+  });
+}
+
 function renderFeed() {
   const [rule, drone, citizen] = ['f-rule', 'f-drone', 'f-citizen'].map((id) => $(id).value.toLowerCase());
   const rows = [...state.alerts.values()].sort((a, b) => b.id - a.id)
@@ -196,18 +215,28 @@ async function act(id, action) {
   catch (e) { alert(e.message); }
 }
 
+// An alert's state is its newest event: one that arrives late (from another node, or twice)
+// changes nothing.
 function applyEvent(event) {
   const a = state.alerts.get(event.alert_id);
-  if (a) { Object.assign(a, { state: event.state, state_by: event.state_by, state_at: event.state_at, note: event.note }); renderFeed(); refreshAlertMarkers(); }
+  if (!a || (a.state_at && Date.parse(a.state_at) > Date.parse(event.state_at))) return;
+  Object.assign(a, { state: event.state, state_by: event.state_by, state_at: event.state_at, note: event.note });
+  scheduleRender();
 }
 
-function refreshAlertMarkers(fresh) {
-  alertLayer.clearLayers();
+// One marker per open alert, added and removed as alerts come and go (not redrawn each time).
+const alertMarkers = new Map();
+function refreshAlertMarkers(fresh = new Set()) {
+  for (const [id, m] of alertMarkers) {
+    const a = state.alerts.get(id);
+    if (!a || a.state === 'resolve') { alertLayer.removeLayer(m); alertMarkers.delete(id); }
+  }
   for (const a of state.alerts.values()) {
-    if (a.state === 'resolve') continue;
-    const m = L.circleMarker([a.latitude, a.longitude], { radius: 9, color: '#d7263d', weight: 3, fill: false, className: fresh === a.id ? 'pulse' : '' });
+    if (a.state === 'resolve' || alertMarkers.has(a.id)) continue;
+    const m = L.circleMarker([a.latitude, a.longitude], { radius: 9, color: '#d7263d', weight: 3, fill: false, className: fresh.has(a.id) ? 'pulse' : '' });
     m.on('click', () => flyTo(a));
     alertLayer.addLayer(m);
+    alertMarkers.set(a.id, m);
   }
 }
 
@@ -223,14 +252,18 @@ async function flyTo(a) {
       `${a.rule} · drone ${a.drone_id} · ${a.time}`, el('br'), `words: ${words || '—'}`)).openOn(map);
 }
 
+let lastBeep = 0;
 function addAlert(a, live) {
   state.alerts.set(a.id, { state: null, state_by: null, note: null, ...a });
   state.lastId = Math.max(state.lastId, a.id);
+  if (state.alerts.size > KEPT_ALERTS) state.alerts.delete(state.alerts.keys().next().value);
   if (live) {
     state.unseen += 1;
     const banner = $('banner'); banner.textContent = `Alert ${a.id}: ${a.citizen} (score ${Number(a.score).toFixed(2)}) near drone ${a.drone_id}`;
-    banner.hidden = false; beep();
-    refreshAlertMarkers(a.id);
+    banner.hidden = false;
+    // At most one beep a second, however many alerts arrive.
+    if (Date.now() - lastBeep > 1000) { lastBeep = Date.now(); beep(); }
+    scheduleRender(); pendingRender.fresh.add(a.id);
   }
 }
 
@@ -243,7 +276,7 @@ async function loadAlerts() {
 function subscribe() {
   // The browser resends the last `id:` as Last-Event-ID when it reconnects by itself.
   const source = new EventSource('/api/alerts/stream?from_id=' + (state.lastId + 1));
-  source.addEventListener('alert', (e) => { const a = JSON.parse(e.data); if (!state.alerts.has(a.id)) { addAlert(a, true); renderFeed(); } });
+  source.addEventListener('alert', (e) => { const a = JSON.parse(e.data); if (!state.alerts.has(a.id)) addAlert(a, true); });
   source.addEventListener('alert-event', (e) => applyEvent(JSON.parse(e.data)));
   source.addEventListener('reload', () => loadAlerts());
   source.addEventListener('failed', () => { source.close(); setTimeout(subscribe, 1000); });

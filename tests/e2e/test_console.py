@@ -9,6 +9,10 @@ the oracle of the SQL console's numbers. Screenshots of each page go to
 
 import json
 import os
+import re
+import socket
+import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,7 +22,7 @@ import pytest
 import requests
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from conftest import ROOT, Vigie, oracle_rows, simulate
+from conftest import ROOT, Vigie, oracle_rows, simulate, vigie_bin
 from test_tenants import PASSWORDS, admin, new_key
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -229,6 +233,115 @@ def test_sse_resumes_after_last_event_id(world, pb):
     assert head + rest == ids  # no gap, no repeat
 
 
+class Proxy:
+    """A loopback TCP proxy in front of the console whose connections the test cuts, as a
+    network would; it keeps what went through, to read the SSE ids and the reconnect's
+    `Last-Event-ID` the browser sent."""
+
+    def __init__(self, target):
+        host, port = target.removeprefix("http://").rstrip("/").split(":")
+        self.target = (host, int(port))
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
+        self.lock = threading.Lock()
+        self.sockets, self.up, self.down = [], [], []
+        self.refusing = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.refusing:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            up, down = bytearray(), bytearray()
+            with self.lock:
+                self.sockets += [client, upstream]
+                self.up.append(up)
+                self.down.append(down)
+            for src, dst, log in ((client, upstream, up), (upstream, client, down)):
+                threading.Thread(target=self.pump, args=(src, dst, log), daemon=True).start()
+
+    def pump(self, src, dst, log):
+        try:
+            while data := src.recv(65536):
+                with self.lock:
+                    log += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        """Breaks every open connection, and refuses new ones until `heal`."""
+        self.refusing = True
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.sockets = []
+
+    def heal(self):
+        self.refusing = False
+
+    def sse_ids(self):
+        with self.lock:
+            return [int(i) for d in self.down for i in re.findall(rb"^id: (\d+)$", bytes(d), re.M)]
+
+    def last_event_ids(self):
+        with self.lock:
+            return [int(i) for u in self.up
+                    for i in re.findall(rb"(?i)^last-event-id: (\d+)\r$", bytes(u), re.M)]
+
+    def close(self):
+        self.server.close()
+        self.cut()
+
+
+def test_the_browser_resumes_its_alert_stream_after_a_network_cut(world, browser, pb):
+    """The browser's own EventSource reconnects after the network breaks, sending the last id
+    it saw: the alerts raised while it was cut off arrive once each, with no gap."""
+    vigie, key = world["vigie"], world["keys"]["north"]
+    proxy = Proxy(vigie.console)
+    page = Page(browser, proxy.base, user="ana")
+    try:
+        page.page.goto(proxy.base + "#alerts")
+        page.page.wait_for_selector("#feed tr")
+
+        def low(seq, name):
+            return report(pb, "drone-00002", seq, 48.86, 2.35, citizens=[(name, 2.0)])
+
+        def shown(name):
+            return page.page.locator(f"#feed tr:has-text('{name}')").count() == 1
+
+        write(vigie, key, pb, [low(20_001, "Cut Before-1"), low(20_002, "Cut Before-2")])
+        until("the alerts before the cut", lambda: shown("Cut Before-1") and shown("Cut Before-2"))
+        before = proxy.sse_ids()
+        assert len(before) == 2 and before[1] == before[0] + 1, before
+        proxy.cut()
+        write(vigie, key, pb, [low(20_003 + i, f"Cut During-{i}") for i in range(3)])
+        time.sleep(1)
+        proxy.heal()
+        until("the alerts raised during the cut",
+              lambda: all(shown(f"Cut During-{i}") for i in range(3)), timeout=30)
+        ids = proxy.sse_ids()
+        assert ids == list(range(before[0], before[0] + 5)), ids  # no gap, no repeat
+        assert before[1] in proxy.last_event_ids(), "the browser resent the last id it saw"
+    finally:
+        page.close()
+        proxy.close()
+
+
 def test_sql_console_matches_duckdb(world, browser):
     page = Page(browser, world["vigie"].console, user="ana")
     p = page.page
@@ -290,6 +403,33 @@ def test_failing_tiles_fall_back_to_the_grid(tmp_path, browser):
         p.goto(vigie.console)  # open mode: no login
         p.wait_for_selector("body[data-ready=true]", timeout=20000)
         p.wait_for_selector("#map-note:has-text('does not answer')", timeout=20000)
+        ctx.close()
+    finally:
+        vigie.kill()
+
+
+def test_an_outline_is_drawn_under_the_drones_without_tiles(tmp_path, browser):
+    outline = tmp_path / "force.geojson"
+    outline.write_text(json.dumps({"type": "Feature", "properties": {"name": "zone"}, "geometry": {
+        "type": "Polygon",
+        "coordinates": [[[2.25, 48.80], [2.45, 48.80], [2.45, 48.90], [2.25, 48.90], [2.25, 48.80]]]}}))
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{not json")
+    refused = subprocess.run([vigie_bin(), "serve", "--data-dir", str(tmp_path / "bad"),
+                              "--grpc-addr", "127.0.0.1:0", "--console-addr", "127.0.0.1:0",
+                              "--console-outline", str(bad)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "not GeoJSON" in refused.stderr, refused.stderr
+    vigie = Vigie(tmp_path / "data", "--console-addr", "127.0.0.1:0",
+                  "--console-outline", str(outline))
+    try:
+        ctx = browser.new_context()
+        p = ctx.new_page()
+        p.goto(vigie.console)  # open mode: no login
+        p.wait_for_selector("body[data-ready=true]", timeout=20000)
+        p.wait_for_selector("path.outline", state="attached", timeout=20000)
+        assert "outline" in p.inner_text("#map-note")
+        p.screenshot(path=str(SHOTS / "outline.png"))
         ctx.close()
     finally:
         vigie.kill()
