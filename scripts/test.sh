@@ -10,10 +10,11 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s ==\n' "$*"; }
 
-step "system tools (openssl makes the TLS test's certificate; chromium runs the console's tests)"
+step "system tools (openssl makes the TLS test's certificate; chromium runs the console's tests; poppler-utils reads the daily report's PDF)"
 missing=""
 command -v openssl >/dev/null || missing="$missing openssl"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v pdftotext >/dev/null || missing="$missing poppler-utils"
 if [ -n "$missing" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing

@@ -40,6 +40,27 @@ pub struct TenantRecord {
     /// Alert rules as `NAME=EXPR`; empty: the server's rules.
     #[serde(default)]
     pub alert_rules: Vec<String>,
+    /// The daily report's settings (`vigie admin set-report`).
+    #[serde(default)]
+    pub report: ReportSettings,
+}
+
+/// What a tenant's daily report covers, whom it names and where it goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportSettings {
+    /// The tenant's time zone (IANA name, e.g. `Europe/Paris`): a report covers a local day.
+    /// `None`: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Whether the report names citizens (personal data); otherwise it only counts them.
+    #[serde(default)]
+    pub names: bool,
+    /// Who receives the report of the day before by mail; empty: nobody.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// When it is sent, local `HH:MM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// A user who logs in with a password.
@@ -125,8 +146,24 @@ impl AuthFile {
                 created_at: now_rfc3339(),
                 retention,
                 alert_rules,
+                report: ReportSettings::default(),
             },
         );
+        Ok(tenant)
+    }
+
+    /// Changes `name`'s report settings with `change` (the caller checks the values it sets).
+    pub fn set_report(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut ReportSettings),
+    ) -> Result<TenantName> {
+        let tenant = self.tenant(name)?;
+        let record = self
+            .tenants
+            .get_mut(name)
+            .ok_or_else(|| Error::NotFound(format!("no tenant {name:?}")))?;
+        change(&mut record.report);
         Ok(tenant)
     }
 

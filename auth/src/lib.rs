@@ -31,7 +31,7 @@ mod store;
 pub use authenticator::Authenticator;
 pub use cluster::{ClusterSecret, Forwarded};
 pub use error::{Error, Result};
-pub use file::{AuthFile, FileStore, KeyRecord, TenantRecord, UserRecord};
+pub use file::{AuthFile, FileStore, KeyRecord, ReportSettings, TenantRecord, UserRecord};
 pub use layer::{AuthLayer, AuthService, HANDSHAKE_PATH};
 pub use principal::{Access, Principal, Role};
 pub use secret::{MIN_PASSWORD_CHARS, decode_basic};

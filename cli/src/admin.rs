@@ -18,16 +18,17 @@ use vigie_engine::store::{Lake, TenantName};
 
 use crate::config::{Config, ServeArgs};
 
-/// Options of `vigie admin`.
+/// Where a command beside the server finds its credentials and lake: `vigie serve`'s options
+/// that say so (`vigie admin`, `vigie report`).
 #[derive(Debug, clap::Args)]
-pub(crate) struct AdminArgs {
+pub(crate) struct Location {
     /// TOML file of `vigie serve` (its data dir and object store are used).
     #[arg(long, env = "VIGIE_CONFIG", global = true)]
     config: Option<std::path::PathBuf>,
     /// The server's data directory (holds `auth.json`) [default: ./vigie-data].
     #[arg(long, env = "VIGIE_DATA_DIR", global = true)]
     data_dir: Option<std::path::PathBuf>,
-    /// The server's lake, where each tenant's `audit_log` records admin actions
+    /// The server's lake, where each tenant's tables and `audit_log` are
     /// [default: file://<data-dir>/lake].
     #[arg(long, env = "VIGIE_OBJECT_STORE", global = true)]
     object_store: Option<String>,
@@ -63,6 +64,44 @@ pub(crate) struct AdminArgs {
     /// PEM root certificates to trust for `tls://` NATS servers.
     #[arg(long, env = "VIGIE_STREAM_TLS_CA", global = true)]
     stream_tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Location {
+    /// `vigie serve`'s configuration with these options (and the file's, if any).
+    pub(crate) fn resolve(self) -> Result<Config> {
+        Config::resolve(ServeArgs {
+            config: self.config,
+            data_dir: self.data_dir,
+            object_store: self.object_store,
+            stream: self.stream,
+            stream_replicas: self.stream_replicas,
+            stream_prefix: self.stream_prefix,
+            stream_user: self.stream_user,
+            stream_password: self.stream_password,
+            stream_token: self.stream_token,
+            stream_tls_ca: self.stream_tls_ca,
+            ..ServeArgs::default()
+        })
+    }
+}
+
+/// The person running a command beside the server, as the audit log names them.
+pub(crate) fn local_admin(tool: &str) -> Principal {
+    Principal {
+        tenant: TenantName::default_tenant(),
+        role: Role::Admin,
+        name: format!(
+            "{tool}:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        ),
+    }
+}
+
+/// Options of `vigie admin`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    #[command(flatten)]
+    location: Location,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -116,34 +155,34 @@ enum AdminCommand {
         /// The key's id.
         id: String,
     },
+    /// Set a tenant's daily report: its time zone, whether it names citizens, who receives it
+    /// and when (options not given stay as they are).
+    SetReport {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Recipients, comma-separated (`a@x,b@y`); `--to ''` stops the mails.
+        #[arg(long)]
+        to: Option<String>,
+        /// Local time of the mail of the day before, `HH:MM` [default when mailing: 06:00].
+        #[arg(long)]
+        at: Option<String>,
+        /// The tenant's time zone (IANA name, e.g. `Europe/Paris`); reports cover its days.
+        #[arg(long)]
+        tz: Option<String>,
+        /// Whether reports name citizens (`on`) or only count them (`off`, the default).
+        #[arg(long, value_parser = ["on", "off"])]
+        names: Option<String>,
+    },
     /// List tenants, users and keys (never secrets).
     List,
 }
 
 pub(crate) async fn run(args: AdminArgs) -> Result<()> {
-    let config = Config::resolve(ServeArgs {
-        config: args.config,
-        data_dir: args.data_dir,
-        object_store: args.object_store,
-        stream: args.stream,
-        stream_replicas: args.stream_replicas,
-        stream_prefix: args.stream_prefix,
-        stream_user: args.stream_user,
-        stream_password: args.stream_password,
-        stream_token: args.stream_token,
-        stream_tls_ca: args.stream_tls_ca,
-        ..ServeArgs::default()
-    })?;
+    let config = args.location.resolve()?;
     let store = config.credential_store().await?;
     let store = store.as_ref();
-    let admin = Principal {
-        tenant: TenantName::default_tenant(),
-        role: Role::Admin,
-        name: format!(
-            "admin-cli:{}",
-            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-        ),
-    };
+    let admin = local_admin("admin-cli");
     let mut out = std::io::stdout().lock();
     let (tenant, action, detail) = match args.command {
         AdminCommand::CreateTenant {
@@ -202,6 +241,43 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
             writeln!(out, "revoked key {id} of tenant {tenant}")?;
             (tenant, "revoke-key", format!("key {id}"))
         }
+        AdminCommand::SetReport {
+            tenant,
+            to,
+            at,
+            tz,
+            names,
+        } => {
+            let to = to.map(|to| check_recipients(&to)).transpose()?;
+            let at = at.map(|at| check_time_of_day(&at)).transpose()?;
+            if let Some(tz) = &tz {
+                crate::report::time_zone(tz)?;
+            }
+            let names = names.map(|n| n == "on");
+            let (tenant, settings) = update(store, |f| {
+                let mut settings = vigie_auth::ReportSettings::default();
+                let tenant = f.set_report(&tenant, |r| {
+                    if let Some(to) = &to {
+                        r.to = to.clone();
+                    }
+                    if at.is_some() {
+                        r.at = at.clone();
+                    }
+                    if tz.is_some() {
+                        r.time_zone = tz.clone();
+                    }
+                    if let Some(names) = names {
+                        r.names = names;
+                    }
+                    settings = r.clone();
+                })?;
+                Ok((tenant, settings))
+            })
+            .await?;
+            let detail = report_settings_line(&settings);
+            writeln!(out, "report of tenant {tenant}: {detail}")?;
+            (tenant, "set-report", detail)
+        }
         AdminCommand::List => return list(store, &mut out),
     };
     let lake = Lake::open(&config.object_store)
@@ -214,6 +290,42 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
             format!("the change is made, but recording it in {tenant}'s audit_log failed")
         })?;
     Ok(())
+}
+
+/// Recipients as `vigie admin set-report --to` takes them: comma-separated mail addresses.
+fn check_recipients(to: &str) -> Result<Vec<String>> {
+    to.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let (local, domain) = a.split_once('@').unwrap_or_default();
+            if local.is_empty() || domain.is_empty() || a.contains(char::is_whitespace) {
+                anyhow::bail!("{a:?} is not a mail address (name@domain)");
+            }
+            Ok(a.to_string())
+        })
+        .collect()
+}
+
+/// A local time of day, `HH:MM`.
+fn check_time_of_day(at: &str) -> Result<String> {
+    chrono::NaiveTime::parse_from_str(at, "%H:%M")
+        .map(|t| t.format("%H:%M").to_string())
+        .map_err(|_| anyhow::anyhow!("--at {at:?} is not a time of day: use HH:MM, e.g. 06:00"))
+}
+
+fn report_settings_line(r: &vigie_auth::ReportSettings) -> String {
+    format!(
+        "time zone {}, names {}, to {}, at {}",
+        r.time_zone.as_deref().unwrap_or("UTC"),
+        if r.names { "on" } else { "off" },
+        if r.to.is_empty() {
+            "nobody".to_string()
+        } else {
+            r.to.join(",")
+        },
+        r.at.as_deref().unwrap_or("06:00")
+    )
 }
 
 /// The password: the first line of stdin (prompted for on a terminal).
@@ -250,6 +362,7 @@ fn list(store: &dyn CredentialStore, out: &mut impl Write) -> Result<()> {
                 t.alert_rules.join("; ")
             }
         )?;
+        writeln!(out, "    report: {}", report_settings_line(&t.report))?;
     }
     writeln!(out, "users:")?;
     for u in &file.users {

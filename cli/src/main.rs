@@ -15,6 +15,7 @@ mod demo;
 mod health;
 mod metrics;
 mod query;
+mod report;
 mod serve;
 mod simulate;
 
@@ -56,6 +57,8 @@ enum Command {
     Compact(Box<config::ServeArgs>),
     /// Manage tenants, users and API keys in a data dir (safe while the server runs).
     Admin(admin::AdminArgs),
+    /// Write one tenant's daily report (PDF or HTML) from the lake (safe while servers run).
+    Report(report::ReportArgs),
 }
 
 fn main() -> Result<()> {
@@ -82,6 +85,7 @@ fn main() -> Result<()> {
             Command::Query(args) => query::run(args).await,
             Command::Compact(args) => compact(config::Config::resolve(*args)?).await,
             Command::Admin(args) => admin::run(args).await,
+            Command::Report(args) => report::run(args).await,
         }
     });
     // Whatever work is left (a blocking read of a closed connection, a task not yet at a yield

@@ -47,6 +47,7 @@ pub use crate::args::{EngineArgs, StreamSettings, TenantSettings, WalMode};
 pub use crate::checkpoint::{Checkpoints, KvCheckpoints, LakeCheckpoints};
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::lease::NodeInfo;
+pub use crate::rollup::{CELL_DEGREES, LOW_SCORE};
 pub use crate::tenant::{PendingWrite, Tenant, TenantRole};
 
 use crate::alert::RuleSet;

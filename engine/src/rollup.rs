@@ -26,10 +26,10 @@ use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::{Error, Result};
 
 /// A sighting under this score counts as low (the default alert rule's threshold).
-pub(crate) const LOW_SCORE: f64 = 20.0;
+pub const LOW_SCORE: f64 = 20.0;
 
 /// Area cells are this many degrees of latitude and longitude (about 1 km around Paris).
-pub(crate) const CELL_DEGREES: f64 = 0.01;
+pub const CELL_DEGREES: f64 = 0.01;
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 

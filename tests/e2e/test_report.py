@@ -1,0 +1,186 @@
+"""The daily report: `vigie report` on a lake written by the real server, read back with poppler
+(`pdftotext`, `pdftoppm`, `pdfinfo`), its figures checked against DuckDB over the simulator's dump.
+
+Tenant `north` in Europe/Paris: the local day 2026-02-01 runs from 2026-01-31T23:00Z to
+2026-02-01T23:00Z. The fleet reports from 2026-01-29 on, so the seven days before are partly
+empty and partly full.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Vigie, oracle_rows, simulate, vigie_bin
+from test_tenants import admin, new_key
+
+SHOTS = Path(os.environ.get("VIGIE_TEST_OUTPUT", ROOT / "target" / "test-output")) / "report"
+START, END = "2026-01-31T23:00:00Z", "2026-02-01T23:00:00Z"
+DAY_SQL = f"time >= TIMESTAMPTZ '{START}' AND time < TIMESTAMPTZ '{END}'"
+SIGHTINGS = "(SELECT drone_id, time, unnest(citizens, recursive := true) FROM dump)"
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    data = tmp_path_factory.mktemp("report") / "data"
+    admin(data, "create-tenant", "north")
+    admin(data, "set-report", "--tenant", "north", "--tz", "Europe/Paris")
+    _, key = new_key(data, "north", "drone")
+    vigie = Vigie(data, "--flush-interval", "500ms")
+    dump = data.parent / "north.jsonl"
+    # 3 days and 12 hours of 30 drones, one report a minute each.
+    simulate(vigie.addr, "--drones", "30", "--reports-per-drone", str(84 * 60), "--start",
+             "2026-01-29T12:00:00Z", "--dump", str(dump), "--api-key", key, "--seed", "11")
+    assert vigie.stop() == 0
+    return {"data": data, "dump": dump}
+
+
+def report(data, *args, check=True):
+    run = subprocess.run([vigie_bin(), "report", "--data-dir", str(data), *args],
+                         capture_output=True, text=True, timeout=120)
+    if check:
+        assert run.returncode == 0, run.stderr
+    return run
+
+
+def text_of(pdf: Path) -> str:
+    return subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def figures(text: str) -> dict:
+    """The report's figures, read back from its text."""
+    numbers = [line.split() for line in text.splitlines()
+               if re.fullmatch(r"\s*\d+(\s+\d+){2}\s*", line)]
+    (reports, alerts, drones), (sightings, low, citizens) = [list(map(int, n)) for n in numbers[:2]]
+    week = {m[0]: (int(m[1]), int(m[2])) for m in
+            re.findall(r"^\s*(2026-01-\d\d)\s+(\d+)\s+(\d+)\s*$", text, re.M)}
+    this_day = re.search(r"2026-02-01 \(this report\)\s+(\d+)\s+(\d+)", text)
+    return {
+        "summary": (reports, alerts, drones, sightings, low, citizens),
+        "this_day": (int(this_day[1]), int(this_day[2])),
+        "week": week,
+        "rules": dict((r, int(n)) for r, n in re.findall(r"^\s*(low_score)\s+(\d+)\s*$", text, re.M)),
+        "drones": [(d, int(n)) for d, n in re.findall(r"^\s*(drone-\d+)\s+(\d+)\s*$", text, re.M)],
+        "received": int(re.search(r"reports received\s+(\d+)", text)[1]),
+    }
+
+
+def test_the_pdf_says_what_duckdb_says_and_is_the_same_twice(lake, tmp_path):
+    data, dump = lake["data"], lake["dump"]
+    out = tmp_path / "north.pdf"
+    run = report(data, "--tenant", "north", "--day", "2026-02-01", "--out", str(out))
+    assert "report of tenant north for 2026-02-01 (Europe/Paris)" in run.stdout
+    got = figures(text_of(out))
+
+    (reports, drones), = oracle_rows(dump, f"SELECT count(*), count(DISTINCT drone_id) FROM dump "
+                                           f"WHERE {DAY_SQL}")
+    (sightings, low, citizens), = oracle_rows(
+        dump, f"SELECT count(*), count(*) FILTER (score < 20), "
+              f"count(DISTINCT name) FILTER (score < 20) FROM {SIGHTINGS} WHERE {DAY_SQL}")
+    assert got["summary"] == (reports, low, drones, sightings, low, citizens)
+    assert got["this_day"] == (reports, low)
+    assert got["rules"] == {"low_score": low}
+    assert got["received"] == reports
+    top = oracle_rows(dump, f"SELECT drone_id, count(*) AS n FROM {SIGHTINGS} "
+                            f"WHERE {DAY_SQL} AND score < 20 GROUP BY 1 ORDER BY n DESC, 1 LIMIT 10")
+    assert got["drones"] == top
+    # The seven days before, each a local (Paris) day.
+    week = dict(oracle_rows(dump, "SELECT strftime(time AT TIME ZONE 'Europe/Paris', '%Y-%m-%d'), "
+                                  "count(*) FROM dump GROUP BY 1"))
+    alerts_week = dict(oracle_rows(dump, f"SELECT strftime(time AT TIME ZONE 'Europe/Paris', "
+                                         f"'%Y-%m-%d'), count(*) FROM {SIGHTINGS} "
+                                         f"WHERE score < 20 GROUP BY 1"))
+    want = {f"2026-01-{d}": (week.get(f"2026-01-{d}", 0), alerts_week.get(f"2026-01-{d}", 0))
+            for d in range(25, 32)}
+    assert got["week"] == want
+    assert got["week"]["2026-01-28"] == (0, 0) and got["week"]["2026-01-30"][0] == 30 * 1440
+
+    # Same data, same bytes.
+    again = tmp_path / "again.pdf"
+    report(data, "--tenant", "north", "--day", "2026-02-01", "--out", str(again))
+    assert out.read_bytes() == again.read_bytes()
+
+    # Pages that render: three A4 pages, each to a PNG.
+    info = subprocess.run(["pdfinfo", str(out)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Pages:\s+3$", info, re.M), info
+    assert "A4" in info
+    subprocess.run(["pdftoppm", "-r", "50", "-png", str(out), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) == 3 and all(p.stat().st_size > 10_000 for p in pages)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["pdftoppm", "-r", "80", "-png", "-f", "1", "-l", "2", str(out),
+                    str(SHOTS / "north")], check=True)
+    shutil.copy(out, SHOTS / "north.pdf")
+
+
+def test_names_are_in_the_report_only_when_the_tenant_says_so(lake, tmp_path):
+    data, dump = lake["data"], lake["dump"]
+    names = {n for n, in oracle_rows(dump, f"SELECT DISTINCT name FROM {SIGHTINGS}")}
+    out = tmp_path / "off.pdf"
+    report(data, "--tenant", "north", "--day", "2026-02-01", "--out", str(out))
+    text = text_of(out)
+    assert "name withheld" in text
+    assert [n for n in names if n in text] == []
+    html = tmp_path / "off.html"
+    report(data, "--tenant", "north", "--day", "2026-02-01", "--out", str(html), "--format", "html")
+    assert [n for n in names if n in html.read_text()] == []
+
+    admin(data, "set-report", "--tenant", "north", "--names", "on")
+    try:
+        report(data, "--tenant", "north", "--day", "2026-02-01", "--out", str(out))
+        text = text_of(out)
+        top = oracle_rows(dump, f"SELECT name, count(*) AS n FROM {SIGHTINGS} "
+                                f"WHERE {DAY_SQL} AND score < 20 GROUP BY 1 ORDER BY n DESC, 1 "
+                                f"LIMIT 10")
+        rows = re.findall(r"^\s*(\S.*?\S)\s+(\d+)\s*$", text.split("Citizens with most alerts")[1],
+                          re.M)
+        assert [(n, int(c)) for n, c in rows[:len(top)]] == top
+    finally:
+        admin(data, "set-report", "--tenant", "north", "--names", "off")
+
+
+def test_html_has_the_same_figures(lake, tmp_path):
+    data, dump = lake["data"], lake["dump"]
+    out = tmp_path / "north.html"
+    report(data, "--tenant", "north", "--day", "2026-02-01", "--out", str(out), "--format", "html")
+    page = out.read_text()
+    (reports,), = oracle_rows(dump, f"SELECT count(*) FROM dump WHERE {DAY_SQL}")
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    assert f"<div><b>{reports}</b>reports</div>" in page
+    assert page.count("<svg") == 4
+
+
+def test_bad_requests_are_refused_with_reasons(lake, tmp_path):
+    data = lake["data"]
+    out = str(tmp_path / "x.pdf")
+    for args, reason in [
+        (["--tenant", "north", "--day", "01/02/2026"], "is not a date"),
+        (["--tenant", "nobody", "--day", "2026-02-01"], "there is no tenant nobody"),
+        (["--tenant", "north", "--day", "2026-02-01", "--tz", "Mars/Olympus"], "unknown time zone"),
+        (["--tenant", "north", "--day", "2026-02-01", "--format", "docx"], "unknown report format"),
+    ]:
+        run = report(data, *args, "--out", out, check=False)
+        assert run.returncode != 0 and reason in run.stderr, (args, run.stderr)
+        assert not Path(out).exists()
+    for args, reason in [
+        (["--tz", "Nowhere/Land"], "unknown time zone"),
+        (["--at", "25:00"], "is not a time of day"),
+        (["--to", "not-an-address"], "is not a mail address"),
+    ]:
+        run = subprocess.run([vigie_bin(), "admin", "--data-dir", str(data), "set-report",
+                              "--tenant", "north", *args], capture_output=True, text=True)
+        assert run.returncode != 0 and reason in run.stderr, (args, run.stderr)
+
+
+def test_a_report_is_audited(lake, tmp_path):
+    from deltalake import DeltaTable
+    data = lake["data"]
+    report(data, "--tenant", "north", "--day", "2026-01-31", "--out", str(tmp_path / "r.pdf"))
+    audit = DeltaTable(str(data / "lake" / "tenants" / "north" / "tables" / "audit_log"))
+    rows = audit.to_pyarrow_table().to_pylist()
+    details = [r["detail"] for r in rows if r["action"] == "report"]
+    assert "day 2026-01-31 (Europe/Paris), pdf, names off" in details
