@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::file::{AuthFile, KEY_PREFIX, KeyRecord, UserRecord};
+use crate::file::{AuthFile, KEY_PREFIX, KeyRecord, ReportSettings, UserRecord};
 use crate::principal::tenant_name;
 use crate::secret::{decode_basic, random_secret, sha256_hex, verify_password};
 use crate::{CredentialStore, Error, Principal, Result};
@@ -28,6 +28,8 @@ struct Credentials {
     key_ids: HashSet<String>,
     /// Basic credentials already verified (SHA-256 of the header value): argon2 runs once.
     verified: Mutex<HashMap<String, Principal>>,
+    /// Each tenant's daily report settings.
+    reports: HashMap<String, ReportSettings>,
 }
 
 impl Credentials {
@@ -65,6 +67,11 @@ impl Credentials {
                 .map(|k| k.id.clone())
                 .collect(),
             verified: Mutex::default(),
+            reports: file
+                .tenants
+                .iter()
+                .map(|(name, t)| (name.clone(), t.report.clone()))
+                .collect(),
         }
     }
 }
@@ -124,6 +131,27 @@ impl Authenticator {
     /// Starts checking calls against `file` (revoked keys are refused from now on).
     pub fn install(&self, file: &AuthFile) {
         *self.credentials.write() = Arc::new(Credentials::new(file));
+    }
+
+    /// `tenant`'s daily report settings as last installed (defaults for an unknown tenant):
+    /// a change by `vigie admin set-report` applies within the reload interval.
+    pub fn report_settings(&self, tenant: &str) -> ReportSettings {
+        self.credentials
+            .read()
+            .reports
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every tenant's daily report settings, as last installed.
+    pub fn report_schedules(&self) -> Vec<(String, ReportSettings)> {
+        self.credentials
+            .read()
+            .reports
+            .iter()
+            .map(|(t, r)| (t.clone(), r.clone()))
+            .collect()
     }
 
     /// Whether calls need no credentials (no user and no key exist).

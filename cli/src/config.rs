@@ -198,6 +198,19 @@ pub(crate) struct ServeArgs {
     /// Rows one SQL console result shows at most (CSV exports are not capped) [default: 10000].
     #[arg(long, env = "VIGIE_CONSOLE_MAX_ROWS")]
     pub(crate) console_max_rows: Option<usize>,
+    /// Mail each tenant's daily report (`vigie admin set-report`) through this SMTP server:
+    /// `smtp://host[:587]` (STARTTLS), `smtps://host[:465]` (TLS), or
+    /// `smtp://127.0.0.1:PORT?tls=none` (a loopback relay); credentials from `VIGIE_SMTP_USER`
+    /// and `VIGIE_SMTP_PASSWORD` [default: no mail].
+    #[arg(long, env = "VIGIE_SMTP_URL")]
+    pub(crate) smtp_url: Option<String>,
+    /// The reports' sender [default: Vigie <vigie@localhost>].
+    #[arg(long, env = "VIGIE_SMTP_FROM")]
+    pub(crate) smtp_from: Option<String>,
+    /// Write the report mails as `.eml` files in this directory instead of sending them (a dry
+    /// run: each counts as sent).
+    #[arg(long, env = "VIGIE_SMTP_DRY_RUN")]
+    pub(crate) smtp_dry_run: Option<PathBuf>,
 }
 
 /// The `--wal` setting.
@@ -280,6 +293,9 @@ impl ServeArgs {
             console_tile_url,
             console_outline,
             console_max_rows,
+            smtp_url,
+            smtp_from,
+            smtp_dry_run,
         )
     }
 }
@@ -321,6 +337,31 @@ fn stream_settings(args: &ServeArgs) -> Result<Option<vigie_engine::StreamSettin
     // The bound address fills it in when unset (serve knows it once listening).
     settings.advertise = args.advertise_addr.clone().unwrap_or_default();
     Ok(Some(settings))
+}
+
+/// The daily report's mail settings, if `--smtp-url` or `--smtp-dry-run` is set (the URL is
+/// checked when the outbox opens).
+fn mail_settings(args: &ServeArgs) -> Result<Option<vigie_report::MailSettings>> {
+    if args.smtp_url.is_none() && args.smtp_dry_run.is_none() {
+        return Ok(None);
+    }
+    let credentials = match (
+        std::env::var("VIGIE_SMTP_USER"),
+        std::env::var("VIGIE_SMTP_PASSWORD"),
+    ) {
+        (Ok(user), Ok(password)) => Some((user, password)),
+        (Err(_), Err(_)) => None,
+        _ => bail!("SMTP credentials need both VIGIE_SMTP_USER and VIGIE_SMTP_PASSWORD"),
+    };
+    Ok(Some(vigie_report::MailSettings {
+        url: args.smtp_url.clone().unwrap_or_default(),
+        from: args
+            .smtp_from
+            .clone()
+            .unwrap_or_else(|| vigie_report::MailSettings::DEFAULT_FROM.into()),
+        credentials,
+        dry_run: args.smtp_dry_run.clone(),
+    }))
 }
 
 /// The gRPC address when none is set.
@@ -388,6 +429,8 @@ pub(crate) struct Config {
     /// `None`: no console.
     pub(crate) console_addr: Option<SocketAddr>,
     pub(crate) console: vigie_console::ConsoleSettings,
+    /// The daily report's mail, if any.
+    pub(crate) mail: Option<vigie_report::MailSettings>,
 }
 
 impl Config {
@@ -436,6 +479,7 @@ impl Config {
         let args = args.over(file);
         let query_limits = query_limits(&args);
         let mut stream = stream_settings(&args)?;
+        let mail = mail_settings(&args)?;
         let roles = crate::cluster::Roles::from_list(args.role.as_deref(), stream.is_some())?;
         if let Some(stream) = &mut stream {
             stream.process = roles.process;
@@ -543,6 +587,7 @@ impl Config {
                     .unwrap_or(vigie_console::ConsoleSettings::DEFAULT_MAX_ROWS),
                 secure_cookies: false,
             },
+            mail,
             data_dir,
         };
         config.console.secure_cookies = config.tls.is_some();

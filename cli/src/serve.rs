@@ -219,6 +219,20 @@ pub(crate) async fn run(mut config: Config) -> Result<()> {
         }
         None => None,
     };
+    // The daily report's morning mail, if a mail server (or a dry-run directory) is set.
+    if let Some(mail) = &config.mail {
+        let outbox = vigie_report::Outbox::new(mail)?;
+        let reading = auth.clone();
+        let mailings: vigie_report::schedule::Mailings =
+            Arc::new(move || mailings(&reading.report_schedules()));
+        tokio::spawn(vigie_report::schedule::run(
+            engine.clone(),
+            outbox,
+            mail.from.clone(),
+            mailings,
+            stop_serving.clone(),
+        ));
+    }
     alerts_slot.send_replace(Some(Slot::Serving(alerts.into_server())));
     // Leases renewed and vacant tenants taken over until the shutdown starts.
     let cluster = engine.start_cluster(stop_serving.clone());
@@ -372,6 +386,37 @@ pub(crate) fn tenant_settings(file: &AuthFile) -> Result<Vec<TenantSettings>> {
         });
     }
     Ok(tenants)
+}
+
+/// The tenants' mailings from their report settings; a setting that does not parse (checked
+/// by `vigie admin set-report`, so only a hand-edited file) is skipped with a warning.
+fn mailings(
+    settings: &[(String, vigie_auth::ReportSettings)],
+) -> Vec<vigie_report::schedule::Mailing> {
+    settings
+        .iter()
+        .filter(|(_, r)| !r.to.is_empty())
+        .filter_map(|(tenant, r)| {
+            let parsed = mailing(tenant, r);
+            if parsed.is_none() {
+                warn!(tenant, "the tenant's report settings do not parse: no mail");
+            }
+            parsed
+        })
+        .collect()
+}
+
+fn mailing(
+    tenant: &str,
+    r: &vigie_auth::ReportSettings,
+) -> Option<vigie_report::schedule::Mailing> {
+    Some(vigie_report::schedule::Mailing {
+        tenant: TenantName::new(tenant).ok()?,
+        to: r.to.clone(),
+        at: chrono::NaiveTime::parse_from_str(r.at.as_deref().unwrap_or("06:00"), "%H:%M").ok()?,
+        time_zone: r.time_zone.as_deref().unwrap_or("UTC").parse().ok()?,
+        names: r.names,
+    })
 }
 
 /// What the credentials reload loop needs.

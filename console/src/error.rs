@@ -88,6 +88,18 @@ impl From<vigie_engine::Error> for Error {
     }
 }
 
+impl From<vigie_report::Error> for Error {
+    fn from(error: vigie_report::Error) -> Self {
+        match error {
+            vigie_report::Error::InvalidInput(message) => Error::BadRequest(message),
+            vigie_report::Error::Sql { source, .. } => source.into(),
+            e @ (vigie_report::Error::Shape { .. } | vigie_report::Error::Typeset(_)) => {
+                Error::Internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<vigie_auth::Error> for Error {
     fn from(error: vigie_auth::Error) -> Self {
         Status::from(error).into()

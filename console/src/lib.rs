@@ -9,6 +9,7 @@
 //!   /api/alerts/stream ─▶ AlertsService::open ─▶ Server-Sent Events (id = alert id)
 //!   /api/alerts/{id}/ack ─▶ Tenant::record_alert_event (alert_events) ─▶ every open console
 //!                           (this node's at once, other nodes' at their next flush tick)
+//!   /api/report?day=D ─▶ vigie_report (the tenant's time zone and names setting) ─▶ PDF / HTML
 //! ```
 //! The console is one more client of the engine: it reuses the credentials, the SQL sessions
 //! and their limits and audit, and the alert subscriptions of the gRPC services, so a tenant
@@ -19,6 +20,7 @@ mod assets;
 mod drones;
 mod error;
 mod query;
+mod report;
 mod saved;
 mod session;
 
@@ -184,6 +186,7 @@ impl Console {
             .route("/drones/{id}/track", get(drones::track))
             .route("/density", get(drones::density))
             .route("/overview", get(drones::overview))
+            .route("/report", get(report::download))
             .fallback(|| async { Error::NotFound("no such API call".into()) })
             .layer(from_fn(session::same_origin))
             .layer(from_fn(no_store));

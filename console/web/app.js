@@ -310,6 +310,15 @@ function chart(target, columns, rows) {
 }
 
 // ---- overview ----
+function reportLinks() {
+  const day = $('report-day').value;
+  $('report-pdf').href = '/api/report?day=' + day;
+  $('report-html').href = '/api/report?format=html&day=' + day;
+}
+$('report-day').valueAsDate = new Date(Date.now() - 864e5);
+$('report-day').addEventListener('change', reportLinks);
+reportLinks();
+
 async function loadOverview() {
   const data = await api('/overview');
   const f = data.figures || {};

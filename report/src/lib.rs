@@ -5,6 +5,8 @@
 //! SqlEngine (the tenant's tables) ─▶ figures::gather(day, time zone, names) ─▶ DayReport
 //!   DayReport ─▶ pdf::pdf  ─ markup + SVG charts ─▶ typst (bundled fonts) ─▶ PDF bytes
 //!   DayReport ─▶ html::html ─ the same tables and charts ─▶ one HTML page
+//! schedule::run (vigie serve): each tenant's report of the day before, at its local hour,
+//!   once (checkpoint) ─▶ mail::message (summary + PDF) ─▶ Outbox (SMTP, or .eml files)
 //! ```
 //! Rendering is a pure function of the figures: the same day's data gives the same bytes (the
 //! PDF's identifier and date come from the tenant and the day, not from the clock). Citizens'
@@ -14,12 +16,15 @@ mod chart;
 mod error;
 pub mod figures;
 mod html;
+pub mod mail;
 mod markup;
 mod pdf;
+pub mod schedule;
 
 pub use crate::error::{Error, Result};
 pub use crate::figures::{DayReport, ReportRequest, day_bounds, gather};
 pub use crate::html::html;
+pub use crate::mail::{MailSettings, Outbox};
 pub use crate::pdf::pdf;
 
 /// The formats a report is made in.
@@ -48,6 +53,14 @@ impl Format {
         match self {
             Format::Pdf => pdf(report),
             Format::Html => Ok(html(report).into_bytes()),
+        }
+    }
+
+    /// The file name extension of the rendering.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Pdf => "pdf",
+            Format::Html => "html",
         }
     }
 

@@ -4,6 +4,7 @@ import importlib
 import os
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -101,6 +102,15 @@ DUMP_COLUMNS = (
     "{drone_id: 'VARCHAR', seq: 'BIGINT', time: 'TIMESTAMPTZ', latitude: 'DOUBLE', "
     "longitude: 'DOUBLE', citizens: 'STRUCT(name VARCHAR, score DOUBLE)[]', words: 'VARCHAR[]'}"
 )
+
+
+def until(what, check, timeout=20):
+    """Polls `check` until it holds (from Python: the console's CSP forbids the eval of
+    Playwright's `wait_for_function`)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def oracle_rows(dump, sql: str, parameters=None):

@@ -22,7 +22,7 @@ import pytest
 import requests
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from conftest import ROOT, Vigie, oracle_rows, simulate, vigie_bin
+from conftest import ROOT, Vigie, oracle_rows, simulate, until, vigie_bin
 from test_tenants import PASSWORDS, admin, new_key
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -99,14 +99,6 @@ class Page:
         assert self.outside == [], f"requests left loopback: {self.outside}"
         assert self.errors == [], self.errors
         self.context.close()
-
-
-def until(what, check, timeout=20):
-    """Polls `check` from Python (the page's CSP forbids the eval of `wait_for_function`)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def marker_ids(p):
@@ -477,3 +469,34 @@ def test_saved_queries_are_the_tenants(world):
                        headers={"Content-Type": "application/json"}).json()["queries"] == []
     assert boss.delete(base + "api/queries/nothing",
                        headers={"Content-Type": "application/json"}).status_code == 404
+
+
+def test_the_daily_report_downloads_for_the_callers_tenant(world, browser, tmp_path):
+    base = world["vigie"].console
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    s, r = api(base, "ana", f"/report?day={day}")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/pdf"
+    assert r.headers["content-disposition"] == f'attachment; filename="vigie-north-{day}.pdf"'
+    pdf = tmp_path / "north.pdf"
+    pdf.write_bytes(r.content)
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert f"Vigie daily report: north, {day}" in text
+    # The same figures as the tenant's SQL (other tests of the module wrote reports too).
+    r = s.post(base + "api/sql", json={"sql": f"SELECT count(*), count(DISTINCT drone_id) FROM "
+                                              f"reports WHERE time >= '{day}T00:00:00Z'"})
+    (reports, drones), = r.json()["rows"]
+    assert re.search(rf"^\s*{reports}\s+\d+\s+{drones}\s*$", text, re.M), text[:600]
+    r = s.get(base + f"api/report?day={day}&format=html")
+    assert r.headers["content-type"].startswith("text/html") and "<svg" in r.text
+    assert s.get(base + "api/report?day=yesterday").status_code == 400
+    assert s.get(base + f"api/report?day={day}&format=docx").status_code == 400
+    _, r = api(base, "sam", f"/report?day={day}")
+    assert r.headers["content-disposition"] == f'attachment; filename="vigie-south-{day}.pdf"'
+    # The overview links to it.
+    page = Page(browser, base, user="ana")
+    page.page.goto(base + "#overview")
+    href = page.page.get_attribute("#report-pdf", "href")
+    assert href.startswith("/api/report?day=")
+    page.close()

@@ -7,6 +7,7 @@ empty and partly full.
 """
 
 import os
+import time
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Vigie, oracle_rows, simulate, vigie_bin
+from conftest import ROOT, Vigie, oracle_rows, simulate, until, vigie_bin
 from test_tenants import admin, new_key
 
 SHOTS = Path(os.environ.get("VIGIE_TEST_OUTPUT", ROOT / "target" / "test-output")) / "report"
@@ -51,14 +52,14 @@ def text_of(pdf: Path) -> str:
                           text=True, check=True).stdout
 
 
-def figures(text: str) -> dict:
+def figures(text: str, day: str = "2026-02-01") -> dict:
     """The report's figures, read back from its text."""
     numbers = [line.split() for line in text.splitlines()
                if re.fullmatch(r"\s*\d+(\s+\d+){2}\s*", line)]
     (reports, alerts, drones), (sightings, low, citizens) = [list(map(int, n)) for n in numbers[:2]]
     week = {m[0]: (int(m[1]), int(m[2])) for m in
-            re.findall(r"^\s*(2026-01-\d\d)\s+(\d+)\s+(\d+)\s*$", text, re.M)}
-    this_day = re.search(r"2026-02-01 \(this report\)\s+(\d+)\s+(\d+)", text)
+            re.findall(r"^\s*(\d{4}-\d\d-\d\d)\s+(\d+)\s+(\d+)\s*$", text, re.M)}
+    this_day = re.search(re.escape(day) + r" \(this report\)\s+(\d+)\s+(\d+)", text)
     return {
         "summary": (reports, alerts, drones, sightings, low, citizens),
         "this_day": (int(this_day[1]), int(this_day[2])),
@@ -184,3 +185,137 @@ def test_a_report_is_audited(lake, tmp_path):
     rows = audit.to_pyarrow_table().to_pylist()
     details = [r["detail"] for r in rows if r["action"] == "report"]
     assert "day 2026-01-31 (Europe/Paris), pdf, names off" in details
+
+
+class Sink:
+    """A real SMTP server (aiosmtpd) on loopback that keeps every mail it accepts, and refuses
+    the first `refuse` with a transient 451."""
+
+    def __init__(self, refuse=0):
+        from aiosmtpd.controller import Controller
+        from test_s3 import free_port
+        self.mails, self.refused, self.refuse = [], 0, refuse
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                if sink.refuse > 0:
+                    sink.refuse -= 1
+                    sink.refused += 1
+                    return "451 4.3.0 try again later"
+                sink.mails.append(envelope)
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free_port())
+        self.controller.start()
+        self.url = f"smtp://127.0.0.1:{self.controller.port}?tls=none"
+
+    def stop(self):
+        self.controller.stop()
+
+
+def local_yesterday(tz):
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+    today = datetime.now(ZoneInfo(tz)).date()
+    day = today - timedelta(days=1)
+    start = datetime.combine(day, datetime.min.time(), ZoneInfo(tz))
+    end = datetime.combine(today, datetime.min.time(), ZoneInfo(tz))
+    return day, start, end
+
+
+def pdf_of(mail, tmp_path, name):
+    import email
+    from email import policy
+    message = email.message_from_bytes(mail, policy=policy.default)
+    pdfs = [p for p in message.iter_attachments() if p.get_content_type() == "application/pdf"]
+    assert len(pdfs) == 1, message
+    path = tmp_path / name
+    path.write_bytes(pdfs[0].get_content())
+    return message, path
+
+
+@pytest.fixture(scope="module")
+def mailed(tmp_path_factory):
+    """Two tenants mailed every morning at 00:00 their time: yesterday's report is due now."""
+    import time
+    data = tmp_path_factory.mktemp("mailed") / "data"
+    keys = {}
+    for tenant, tz, to in [("north", "Europe/Paris", "chief@north.test,ops@north.test"),
+                           ("south", "America/New_York", "chief@south.test")]:
+        admin(data, "create-tenant", tenant)
+        admin(data, "set-report", "--tenant", tenant, "--tz", tz, "--to", to, "--at", "00:00")
+        keys[tenant] = new_key(data, tenant, "drone")[1]
+    vigie = Vigie(data, "--flush-interval", "500ms")
+    dump = data.parent / "north.jsonl"
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 40 * 3600))
+    simulate(vigie.addr, "--drones", "10", "--reports-per-drone", str(36 * 60), "--start", start,
+             "--dump", str(dump), "--api-key", keys["north"])
+    simulate(vigie.addr, "--drones", "3", "--first-drone", "500", "--reports-per-drone", "600",
+             "--start", start, "--api-key", keys["south"])
+    assert vigie.stop() == 0
+    return {"data": data, "dump": dump}
+
+
+def test_each_tenant_gets_one_mail_a_day_through_refusals_and_restarts(mailed, tmp_path):
+    from deltalake import DeltaTable
+    data, dump = mailed["data"], mailed["dump"]
+    sink = Sink(refuse=2)
+    try:
+        vigie = Vigie(data, "--smtp-url", sink.url, "--smtp-from", "Vigie <vigie@police.test>")
+        # Refused twice (451), then accepted: retried with backoff, not dropped.
+        until("both tenants' mails", lambda: len(sink.mails) == 2, timeout=90)
+        assert sink.refused == 2
+        by_to = {tuple(sorted(m.rcpt_tos)): m for m in sink.mails}
+        assert set(by_to) == {("chief@north.test", "ops@north.test"), ("chief@south.test",)}
+        day, start, end = local_yesterday("Europe/Paris")
+        message, pdf = pdf_of(by_to[("chief@north.test", "ops@north.test")].content, tmp_path,
+                              "north.pdf")
+        assert message["Subject"] == f"Vigie daily report: north, {day}"
+        assert message["Message-ID"] == f"<vigie-report-north-{day}@vigie>"
+        (reports,), = oracle_rows(dump, "SELECT count(*) FROM dump WHERE time >= $1 AND time < $2",
+                                  [start, end])
+        assert reports > 0
+        assert figures(text_of(pdf), str(day))["summary"][0] == reports
+        body = message.get_body(preferencelist=("plain",)).get_content()
+        assert f"Reports: {reports} from 10 drones" in body
+        time.sleep(3)
+        assert len(sink.mails) == 2  # sent, so not again
+        assert vigie.stop() == 0
+        # A restart finds the sends recorded: nothing is sent again.
+        vigie = Vigie(data, "--smtp-url", sink.url)
+        time.sleep(5)
+        assert len(sink.mails) == 2
+        assert vigie.stop() == 0
+    finally:
+        sink.stop()
+    audit = DeltaTable(str(data / "lake" / "tenants" / "north" / "tables" / "audit_log"))
+    mails = [(r["outcome"], r["detail"]) for r in audit.to_pyarrow_table().to_pylist()
+             if r["action"] == "report-mail"]
+    ok = [m for m in mails if m[0] == "ok"]
+    assert ok == [("ok", f"day {day} (Europe/Paris) to chief@north.test,ops@north.test")], mails
+    assert len([m for m in mails if m[0].startswith("error: ")]) >= 1, mails
+
+
+def test_a_dry_run_writes_the_mail_to_a_file(mailed, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(mailed["data"], data)
+    # The copy has recorded its sends: forget them so that the dry run has one to make.
+    shutil.rmtree(data / "lake" / "_vigie" / "checkpoints", ignore_errors=True)
+    out = tmp_path / "outbox"
+    vigie = Vigie(data, "--smtp-dry-run", str(out))
+    try:
+        until("the dry-run mails", lambda: len(list(out.glob("*.eml"))) == 2, timeout=90)
+    finally:
+        assert vigie.stop() == 0
+    day, _, _ = local_yesterday("Europe/Paris")
+    message, pdf = pdf_of((out / f"vigie-report-north-{day}.eml").read_bytes(), tmp_path, "d.pdf")
+    assert message["To"] == "chief@north.test, ops@north.test"
+    assert text_of(pdf).startswith("Vigie daily report: north")
+
+
+def test_a_clear_text_relay_must_be_loopback(tmp_path):
+    run = subprocess.run([vigie_bin(), "serve", "--data-dir", str(tmp_path / "d"), "--grpc-addr",
+                          "127.0.0.1:0", "--smtp-url", "smtp://mail.example.com:25?tls=none"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "loopback relay" in run.stderr, run.stderr
