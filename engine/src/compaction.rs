@@ -143,7 +143,11 @@ pub async fn maintain(
     for day in days_to_compact(&files, today, args.target_file_bytes) {
         let (rewritten, removed, added) = match kind {
             TableKind::Hourly => reaggregate_day(lake, &path, &delta, &files, day).await?,
-            TableKind::Reports | TableKind::Alerts | TableKind::Audit | TableKind::AlertEvents => {
+            TableKind::Reports
+            | TableKind::Alerts
+            | TableKind::Audit
+            | TableKind::AlertEvents
+            | TableKind::IngestStats => {
                 let value = day.to_string();
                 let filters = [(
                     DAY_COLUMN,

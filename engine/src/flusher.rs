@@ -43,7 +43,10 @@ impl Engine {
     async fn flush_tenants(&self) -> Result<usize> {
         let mut rows = 0;
         for tenant in self.tenants() {
-            rows += tenant.flush().await?;
+            rows += tenant
+                .flush()
+                .await
+                .inspect_err(|_| tenant.stats.add(|c| c.flush_failures += 1))?;
         }
         Ok(rows)
     }
@@ -93,6 +96,9 @@ impl Engine {
                 }
             }
             info!("flushing before shutdown");
+            for tenant in engine.tenants() {
+                tenant.stats.stage_all_next();
+            }
             let rows = engine.flush_all().await.inspect_err(|e| {
                 warn!(error = %e, "final flush failed; the WAL keeps the rows for the next start");
             })?;

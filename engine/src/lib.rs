@@ -23,6 +23,7 @@ mod error;
 mod flusher;
 mod follow;
 pub mod host;
+pub mod ingest_stats;
 mod lease;
 mod local_disk;
 pub mod nats;

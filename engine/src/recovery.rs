@@ -24,6 +24,7 @@ use crate::alert_events::AlertEventFeed;
 use crate::args::{TenantSettings, WalMode, rules_for, window_micros};
 use crate::dedupe::DedupeIndex;
 use crate::follow::FollowerTail;
+use crate::ingest_stats::IngestStats;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::schema::{MICROS_PER_DAY, TableKind};
 use crate::table::{LiveTable, read_files};
@@ -52,6 +53,7 @@ impl Tenant {
         let hourly = Arc::new(open(TableKind::Hourly).await?);
         let audit = Arc::new(open(TableKind::Audit).await?);
         let alert_events = Arc::new(open(TableKind::AlertEvents).await?);
+        let ingest_stats = Arc::new(open(TableKind::IngestStats).await?);
         let wal_app_id = format!("vigie-wal-{}", engine.writer_id);
         let reports_committed = reports.committed_wal_position(&wal_app_id).await?;
         let alerts_committed = alerts.committed_wal_position(&wal_app_id).await?;
@@ -110,6 +112,12 @@ impl Tenant {
                 &alert_events.snapshot().files,
             ),
             alert_events,
+            ingest_stats,
+            stats: IngestStats::new(
+                engine
+                    .node()
+                    .map_or_else(|| engine.writer_id.clone(), |n| n.id.clone()),
+            ),
             lake: args.lake.clone(),
             state: Mutex::new(WriteState {
                 dedupe: DedupeIndex::default(),

@@ -29,16 +29,20 @@ pub enum TableKind {
     Audit,
     /// What operators did about alerts (acknowledged, resolved), by whom, when, with a note.
     AlertEvents,
+    /// Partial counts per (hour of receipt, node) of what ingest did: accepted, duplicate,
+    /// rejected and refused reports, failed flushes (see `ingest_stats`).
+    IngestStats,
 }
 
 impl TableKind {
     /// Every stored table, in a fixed order.
-    pub const ALL: [TableKind; 5] = [
+    pub const ALL: [TableKind; 6] = [
         TableKind::Reports,
         TableKind::Alerts,
         TableKind::Hourly,
         TableKind::Audit,
         TableKind::AlertEvents,
+        TableKind::IngestStats,
     ];
 
     /// The table's SQL (and directory) name.
@@ -49,6 +53,7 @@ impl TableKind {
             TableKind::Hourly => "reports_hourly",
             TableKind::Audit => "audit_log",
             TableKind::AlertEvents => "alert_events",
+            TableKind::IngestStats => "ingest_stats",
         }
     }
 
@@ -60,6 +65,7 @@ impl TableKind {
             TableKind::Hourly => HOURLY_SCHEMA.clone(),
             TableKind::Audit => AUDIT_SCHEMA.clone(),
             TableKind::AlertEvents => ALERT_EVENTS_SCHEMA.clone(),
+            TableKind::IngestStats => INGEST_STATS_SCHEMA.clone(),
         }
     }
 }
@@ -144,6 +150,19 @@ static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("rows", DataType::Int64, true),
         Field::new("duration_ms", DataType::Float64, true),
         Field::new("outcome", DataType::Utf8, false),
+        Field::new(DAY_COLUMN, DataType::Date32, false),
+    ]))
+});
+
+static INGEST_STATS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("hour", timestamp_type(), false),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("accepted", DataType::Int64, false),
+        Field::new("duplicates", DataType::Int64, false),
+        Field::new("rejected", DataType::Int64, false),
+        Field::new("refused", DataType::Int64, false),
+        Field::new("flush_failures", DataType::Int64, false),
         Field::new(DAY_COLUMN, DataType::Date32, false),
     ]))
 });

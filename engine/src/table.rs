@@ -445,7 +445,9 @@ pub fn writer_properties(kind: TableKind) -> WriterProperties {
             "name".to_string(),
         ])),
         TableKind::Alerts => Some(ColumnPath::from("citizen")),
-        TableKind::Hourly | TableKind::Audit | TableKind::AlertEvents => None,
+        TableKind::Hourly | TableKind::Audit | TableKind::AlertEvents | TableKind::IngestStats => {
+            None
+        }
     };
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -489,7 +491,7 @@ fn plain_columns(kind: TableKind) -> &'static [(&'static str, Encoding)] {
         ],
         TableKind::Audit => &[("time", DELTA)],
         TableKind::AlertEvents => &[("time", DELTA), ("alert_id", DELTA)],
-        TableKind::Hourly => &[],
+        TableKind::Hourly | TableKind::IngestStats => &[],
     }
 }
 

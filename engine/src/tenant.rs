@@ -24,6 +24,7 @@ use crate::alert_events::AlertEventFeed;
 use crate::args::TenantSettings;
 use crate::audit::{self, AuditEvent};
 use crate::dedupe::DedupeIndex;
+use crate::ingest_stats::IngestStats;
 use crate::lease::NodeInfo;
 use crate::report::{ReportBatchBuilder, validate};
 use crate::rollup;
@@ -64,6 +65,9 @@ pub struct Tenant {
     pub(crate) alert_events: Arc<LiveTable>,
     /// Pushes the alert events new to this node to its watchers.
     pub(crate) alert_feed: AlertEventFeed,
+    pub(crate) ingest_stats: Arc<LiveTable>,
+    /// Ingest counts not yet in `ingest_stats`.
+    pub(crate) stats: IngestStats,
     /// Whole days older than this are deleted (overrides the server's retention).
     pub(crate) retention: Option<Duration>,
     /// Dedupe index and alert id counter, changed together with the WAL and buffers.
@@ -194,6 +198,7 @@ impl Tenant {
             TableKind::Hourly => &self.hourly,
             TableKind::Audit => &self.audit,
             TableKind::AlertEvents => &self.alert_events,
+            TableKind::IngestStats => &self.ingest_stats,
         }
     }
 
@@ -316,6 +321,8 @@ impl Tenant {
             self.counters
                 .refused
                 .increment(request.reports.len() as u64);
+            self.stats
+                .add(|c| c.refused += request.reports.len() as i64);
             return Err(Error::Overloaded(format!(
                 "{buffered} bytes are waiting to be written to the object store (limit {}); \
                  the store is slow or unreachable: retry later",
@@ -396,6 +403,11 @@ impl Tenant {
         self.counters.accepted.increment(accepted.into());
         self.counters.duplicates.increment(duplicates.into());
         self.counters.rejected.increment(rejected.len() as u64);
+        self.stats.add(|c| {
+            c.accepted += i64::from(accepted);
+            c.duplicates += i64::from(duplicates);
+            c.rejected += rejected.len() as i64;
+        });
         Ok(PendingWrite {
             tenant: self,
             position,
@@ -433,7 +445,7 @@ impl Tenant {
     pub async fn flush(&self) -> Result<usize> {
         if self.role == TenantRole::Follower {
             self.follow_refresh().await?;
-            let events = self.flush_alert_events().await?;
+            let events = self.flush_alert_events().await? + self.flush_ingest_stats().await?;
             return Ok(events + self.audit.flush(&self.lake, &self.wal_app_id).await?.rows);
         }
         let mut rows = 0;
@@ -462,6 +474,7 @@ impl Tenant {
         }
         // Any node records alert events: this commits a failed one again, and reads the others'.
         rows += self.flush_alert_events().await?;
+        rows += self.flush_ingest_stats().await?;
         rows += self.audit.flush(&self.lake, &self.wal_app_id).await?.rows;
         self.state.lock().dedupe.evict(self.dedupe_window_micros);
         self.log_alerts_raised();

@@ -82,6 +82,23 @@ pub struct Health {
     pub delay_median: Option<f64>,
     /// The longest such delay, in seconds.
     pub delay_max: Option<f64>,
+    /// What ingest counted in the day's hours of receipt (`ingest_stats`).
+    pub ingest: IngestCounts,
+}
+
+/// The `ingest_stats` sums of the day's hours (of receipt).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestCounts {
+    /// Reports accepted.
+    pub accepted: i64,
+    /// Retries of reports stored already (not stored again).
+    pub duplicates: i64,
+    /// Invalid reports.
+    pub rejected: i64,
+    /// Reports of writes refused while the server was overloaded.
+    pub refused: i64,
+    /// Flushes that failed (their rows stayed buffered and were retried).
+    pub flush_failures: i64,
 }
 
 /// Everything the report shows, computed once; rendering is a pure function of it.
@@ -255,6 +272,15 @@ pub async fn gather(sql: &SqlEngine, request: &ReportRequest) -> Result<DayRepor
     // Without names the ranking stays; the names never leave this function.
     .map(|(name, n)| (request.names.then_some(name), n))
     .collect();
+    let ingest = row(
+        sql,
+        "ingest counts",
+        &format!(
+            "SELECT sum(accepted), sum(duplicates), sum(rejected), sum(refused), \
+             sum(flush_failures) FROM ingest_stats WHERE hour >= {s} AND hour < {e}"
+        ),
+    )
+    .await?;
     let cells = cells(sql, rollup, &s, &e).await?;
     let week = week(sql, request.day, tz, rollup).await?;
     Ok(DayReport {
@@ -286,6 +312,13 @@ pub async fn gather(sql: &SqlEngine, request: &ReportRequest) -> Result<DayRepor
             late: int(&totals, 2),
             delay_median: totals.get(3).copied().flatten(),
             delay_max: totals.get(4).copied().flatten(),
+            ingest: IngestCounts {
+                accepted: int(&ingest, 0),
+                duplicates: int(&ingest, 1),
+                rejected: int(&ingest, 2),
+                refused: int(&ingest, 3),
+                flush_failures: int(&ingest, 4),
+            },
         },
     })
 }

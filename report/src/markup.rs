@@ -200,7 +200,27 @@ impl Tables {
                 .collect(),
             names_withheld: r.citizens_top.iter().any(|(name, _)| name.is_none()),
             health: vec![
-                vec!["reports received".into(), h.received.to_string()],
+                vec![
+                    "reports stored (by report time)".into(),
+                    h.received.to_string(),
+                ],
+                vec![
+                    "reports accepted (by time of receipt)".into(),
+                    h.ingest.accepted.to_string(),
+                ],
+                vec![
+                    "duplicates (retries, not stored again)".into(),
+                    h.ingest.duplicates.to_string(),
+                ],
+                vec!["rejected (invalid)".into(), h.ingest.rejected.to_string()],
+                vec![
+                    "refused (server overloaded)".into(),
+                    h.ingest.refused.to_string(),
+                ],
+                vec![
+                    "failed flushes (retried)".into(),
+                    h.ingest.flush_failures.to_string(),
+                ],
                 vec![
                     format!("received over {} min late", LATE_SECONDS / 60),
                     h.late.to_string(),

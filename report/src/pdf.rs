@@ -172,6 +172,7 @@ mod tests {
                 late: 2,
                 delay_median: Some(0.4),
                 delay_max: Some(700.0),
+                ingest: crate::figures::IngestCounts::default(),
             },
         }
     }

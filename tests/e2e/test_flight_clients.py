@@ -84,7 +84,8 @@ def test_flightsql_dbapi_queries_and_parameters(fleet):
     # Metadata commands through the same client.
     tables = client.do_get(client.get_tables(include_schema=True).endpoints[0].ticket).read_all()
     assert sorted(tables.column("table_name").to_pylist()) == [
-        "alert_events", "alert_rules", "alerts", "audit_log", "reports", "reports_hourly", "sightings"]
+        "alert_events", "alert_rules", "alerts", "audit_log", "ingest_stats", "reports",
+        "reports_hourly", "sightings"]
     types = client.do_get(client.get_xdbc_type_info(None).endpoints[0].ticket).read_all()
     assert {"BIGINT", "DOUBLE", "VARCHAR", "TIMESTAMP", "BOOLEAN"} <= set(
         types.column("type_name").to_pylist())

@@ -17,7 +17,7 @@ def test_get_objects_and_table_schema(start_vigie):
         }
         assert tree["vigie"]["public"] == [
             ("alert_events", "TABLE"), ("alert_rules", "VIEW"), ("alerts", "TABLE"), ("audit_log", "TABLE"),
-            ("reports", "TABLE"), ("reports_hourly", "TABLE"), ("sightings", "VIEW"),
+            ("ingest_stats", "TABLE"), ("reports", "TABLE"), ("reports_hourly", "TABLE"), ("sightings", "VIEW"),
         ]  # audit_log: the open mode's anonymous caller is the default tenant's admin
         # Filters with patterns, and no catalog given.
         only = conn.adbc_get_objects(depth="tables", table_name_filter="rep_rts").read_all().to_pylist()

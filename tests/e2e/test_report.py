@@ -25,12 +25,13 @@ SIGHTINGS = "(SELECT drone_id, time, unnest(citizens, recursive := true) FROM du
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory):
+def lake(tmp_path_factory, request):
     data = tmp_path_factory.mktemp("report") / "data"
     admin(data, "create-tenant", "north")
     admin(data, "set-report", "--tenant", "north", "--tz", "Europe/Paris")
     _, key = new_key(data, "north", "drone")
     vigie = Vigie(data, "--flush-interval", "500ms")
+    request.addfinalizer(vigie.kill)
     dump = data.parent / "north.jsonl"
     # 3 days and 12 hours of 30 drones, one report a minute each.
     simulate(vigie.addr, "--drones", "30", "--reports-per-drone", str(84 * 60), "--start",
@@ -66,7 +67,13 @@ def figures(text: str, day: str = "2026-02-01") -> dict:
         "week": week,
         "rules": dict((r, int(n)) for r, n in re.findall(r"^\s*(low_score)\s+(\d+)\s*$", text, re.M)),
         "drones": [(d, int(n)) for d, n in re.findall(r"^\s*(drone-\d+)\s+(\d+)\s*$", text, re.M)],
-        "received": int(re.search(r"reports received\s+(\d+)", text)[1]),
+        "received": int(re.search(r"reports stored \(by report time\)\s+(\d+)", text)[1]),
+        "ingest": {k: int(re.search(rf"{re.escape(label)}\s+(\d+)", text)[1]) for k, label in [
+            ("accepted", "reports accepted (by time of receipt)"),
+            ("duplicates", "duplicates (retries, not stored again)"),
+            ("rejected", "rejected (invalid)"),
+            ("refused", "refused (server overloaded)"),
+            ("flush_failures", "failed flushes (retried)")]},
     }
 
 
@@ -236,9 +243,8 @@ def pdf_of(mail, tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def mailed(tmp_path_factory):
+def mailed(tmp_path_factory, request):
     """Two tenants mailed every morning at 00:00 their time: yesterday's report is due now."""
-    import time
     data = tmp_path_factory.mktemp("mailed") / "data"
     keys = {}
     for tenant, tz, to in [("north", "Europe/Paris", "chief@north.test,ops@north.test"),
@@ -247,6 +253,7 @@ def mailed(tmp_path_factory):
         admin(data, "set-report", "--tenant", tenant, "--tz", tz, "--to", to, "--at", "00:00")
         keys[tenant] = new_key(data, tenant, "drone")[1]
     vigie = Vigie(data, "--flush-interval", "500ms")
+    request.addfinalizer(vigie.kill)
     dump = data.parent / "north.jsonl"
     start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 40 * 3600))
     simulate(vigie.addr, "--drones", "10", "--reports-per-drone", str(36 * 60), "--start", start,
@@ -257,12 +264,14 @@ def mailed(tmp_path_factory):
     return {"data": data, "dump": dump}
 
 
-def test_each_tenant_gets_one_mail_a_day_through_refusals_and_restarts(mailed, tmp_path):
+def test_each_tenant_gets_one_mail_a_day_through_refusals_and_restarts(mailed, tmp_path,
+                                                                       start_vigie):
     from deltalake import DeltaTable
     data, dump = mailed["data"], mailed["dump"]
     sink = Sink(refuse=2)
     try:
-        vigie = Vigie(data, "--smtp-url", sink.url, "--smtp-from", "Vigie <vigie@police.test>")
+        vigie = start_vigie("--smtp-url", sink.url, "--smtp-from", "Vigie <vigie@police.test>",
+                            data_dir=data)
         # Refused twice (451), then accepted: retried with backoff, not dropped.
         until("both tenants' mails", lambda: len(sink.mails) == 2, timeout=90)
         assert sink.refused == 2
@@ -283,7 +292,7 @@ def test_each_tenant_gets_one_mail_a_day_through_refusals_and_restarts(mailed, t
         assert len(sink.mails) == 2  # sent, so not again
         assert vigie.stop() == 0
         # A restart finds the sends recorded: nothing is sent again.
-        vigie = Vigie(data, "--smtp-url", sink.url)
+        vigie = start_vigie("--smtp-url", sink.url, data_dir=data)
         time.sleep(5)
         assert len(sink.mails) == 2
         assert vigie.stop() == 0
@@ -297,17 +306,15 @@ def test_each_tenant_gets_one_mail_a_day_through_refusals_and_restarts(mailed, t
     assert len([m for m in mails if m[0].startswith("error: ")]) >= 1, mails
 
 
-def test_a_dry_run_writes_the_mail_to_a_file(mailed, tmp_path):
+def test_a_dry_run_writes_the_mail_to_a_file(mailed, tmp_path, start_vigie):
     data = tmp_path / "data"
     shutil.copytree(mailed["data"], data)
     # The copy has recorded its sends: forget them so that the dry run has one to make.
     shutil.rmtree(data / "lake" / "_vigie" / "checkpoints", ignore_errors=True)
     out = tmp_path / "outbox"
-    vigie = Vigie(data, "--smtp-dry-run", str(out))
-    try:
-        until("the dry-run mails", lambda: len(list(out.glob("*.eml"))) == 2, timeout=90)
-    finally:
-        assert vigie.stop() == 0
+    vigie = start_vigie("--smtp-dry-run", str(out), data_dir=data)
+    until("the dry-run mails", lambda: len(list(out.glob("*.eml"))) == 2, timeout=90)
+    assert vigie.stop() == 0
     day, _, _ = local_yesterday("Europe/Paris")
     message, pdf = pdf_of((out / f"vigie-report-north-{day}.eml").read_bytes(), tmp_path, "d.pdf")
     assert message["To"] == "chief@north.test, ops@north.test"
@@ -319,3 +326,36 @@ def test_a_clear_text_relay_must_be_loopback(tmp_path):
                           "127.0.0.1:0", "--smtp-url", "smtp://mail.example.com:25?tls=none"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "loopback relay" in run.stderr, run.stderr
+
+
+def test_ingest_health_counts_duplicates_and_rejections(tmp_path, start_vigie, pb):
+    """What no data table keeps — retries and invalid reports — is in `ingest_stats` (committed
+    at the latest at the graceful stop) and in the report's ingest health."""
+    import grpc
+    vigie_pb2, vigie_grpc = pb
+    vigie = start_vigie("--flush-interval", "500ms")
+    now = int(time.time())
+
+    def reports(seqs, latitude=48.85):
+        out = []
+        for seq in seqs:
+            r = vigie_pb2.DroneReport(drone_id="drone-7", seq=seq, latitude=latitude,
+                                      longitude=2.35)
+            r.time.FromSeconds(now - 60 + seq)
+            out.append(r)
+        return out
+
+    stub = vigie_grpc.IngestStub(grpc.insecure_channel(vigie.addr))
+    first = stub.Write(vigie_pb2.WriteRequest(reports=reports(range(20))), timeout=30)
+    retry = stub.Write(vigie_pb2.WriteRequest(reports=reports(range(15, 25))), timeout=30)
+    bad = stub.Write(vigie_pb2.WriteRequest(reports=reports(range(30, 33), latitude=120.0)),
+                     timeout=30)
+    assert (first.accepted, retry.accepted, retry.duplicates, len(bad.rejected)) == (20, 5, 5, 3)
+    assert vigie.stop() == 0
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    out = tmp_path / "today.pdf"
+    report(tmp_path / "data", "--day", day, "--out", str(out))
+    got = figures(text_of(out), day)
+    assert got["ingest"] == {"accepted": 25, "duplicates": 5, "rejected": 3, "refused": 0,
+                             "flush_failures": 0}
+    assert got["received"] == 25
