@@ -252,7 +252,8 @@ impl Tenant {
         let new: Vec<DataFile> = {
             let mut seen = feed.seen.lock();
             // Files compaction or retention removed are forgotten.
-            seen.retain(|p| files.iter().any(|f| &f.path == p));
+            let current: HashSet<&Path> = files.iter().map(|f| &f.path).collect();
+            seen.retain(|p| current.contains(p));
             files
                 .iter()
                 .filter(|f| !seen.contains(&f.path))

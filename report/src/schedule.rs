@@ -1,7 +1,7 @@
 //! The morning mail: each tenant's report of the day before, sent once at its local time.
 //!
 //! ```text
-//! every 20 s (until shutdown) ─ for each tenant with recipients, owned by this node:
+//! every 5 s (until shutdown) ─ for each tenant with recipients, owned by this node:
 //!   due day = yesterday if its `at` passed today (its time zone), else the day before
 //!   checkpoint `report-<tenant>` (the last day sent; the lake's, or the cluster's bucket)
 //!   behind? ─▶ gather ─▶ pdf ─▶ mail ─▶ checkpoint = due day ; audit `report-mail`
@@ -48,7 +48,7 @@ pub struct Mailing {
 pub type Mailings = Arc<dyn Fn() -> Vec<Mailing> + Send + Sync>;
 
 /// How often the schedule is looked at.
-const TICK: Duration = Duration::from_secs(20);
+const TICK: Duration = Duration::from_secs(5);
 /// The first retry's wait; each next one doubles, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);

@@ -499,6 +499,17 @@ def test_a_stream_option_error_is_clear(tmp_path):
     assert "drop --wal" in out.stderr, out.stderr
 
 
+def cluster_admin(tmp_path, nats, *more):
+    """`vigie admin` from a machine with no node's data dir: the credentials live in NATS; the
+    audit events go to the lake `tmp_path/lake`."""
+    lake = tmp_path / "lake"
+    out = subprocess.run([vigie_bin(), "admin", "--data-dir", str(tmp_path / "admin"),
+                          "--object-store", lake.as_uri() + "/", "--stream", str(nats),
+                          *more], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_the_credentials_are_the_clusters_and_a_prefix_keeps_deployments_apart(
         nats, start_vigie, tmp_path, pb):
     vigie_pb2, vigie_grpc = pb
@@ -506,12 +517,7 @@ def test_the_credentials_are_the_clusters_and_a_prefix_keeps_deployments_apart(
     lake.mkdir()
 
     def admin(*more):
-        # From a machine with no node's data dir: the credentials live in NATS.
-        out = subprocess.run([vigie_bin(), "admin", "--data-dir", str(tmp_path / "admin"),
-                              "--object-store", lake.as_uri() + "/", "--stream", str(nats),
-                              *more], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        return cluster_admin(tmp_path, nats, *more)
 
     def new_key(role):
         lines = admin("create-key", "--tenant", "north", "--role", role).strip().splitlines()
@@ -780,3 +786,37 @@ def test_an_acknowledgement_reaches_the_consoles_of_every_node(nats, start_vigie
     # And b's feed, read by SQL, has the same state.
     r = requests.get(b.console + "api/alerts", timeout=30)
     assert [(x["id"], x["state"], x["note"]) for x in r.json()["alerts"]] == [(1, "ack", "unit 7")]
+
+
+def test_the_daily_report_is_mailed_once_by_the_tenants_owner(nats, start_vigie, tmp_path):
+    """Every node runs the morning mail, but only the tenant's owner sends, and the send is
+    recorded in the cluster's checkpoints: after the owner is killed, its successor sends
+    nothing again."""
+    from conftest import until
+    from test_report import Sink
+    lake = tmp_path / "lake"
+    lake.mkdir()
+
+    def admin(*more):
+        return cluster_admin(tmp_path, nats, *more)
+
+    admin("create-tenant", "north")
+    admin("set-report", "--tenant", "north", "--to", "chief@north.test", "--at", "00:00",
+          "--tz", "Europe/Paris")
+    sink = Sink()
+    try:
+        args = (*node_args(tmp_path, nats), "--smtp-url", sink.url)
+        nodes = [start_vigie(*args, data_dir=tmp_path / name) for name in ("a", "b")]
+        until("the owner's mail", lambda: len(sink.mails) == 1, timeout=90)
+        owner = owner_of(nodes, "north")
+        assert owner is not None
+        time.sleep(3)
+        assert len(sink.mails) == 1, "the follower does not send"
+        nodes[owner].kill()
+        successor = nodes[1 - owner]
+        wait_owner(successor, "north")
+        time.sleep(7)  # the successor looks at the schedule every 5 s
+        assert len(sink.mails) == 1, "the send is the cluster's: not again"
+        assert sink.mails[0].rcpt_tos == ["chief@north.test"]
+    finally:
+        sink.stop()
