@@ -9,7 +9,7 @@
 //! ```
 //! Rows are **partial** (each commit adds a row per hour it saw): queries sum them
 //! (`SELECT sum(duplicates) FROM ingest_stats WHERE hour >= …`). Counts are kept in memory up to
-//! [`STATS_PERIOD`]: a crash loses at most that much of the statistics (never a report).
+//! [`STATS_PERIOD_MICROS`]: a crash loses at most that much of the statistics (never a report).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,13 +20,11 @@ use arrow::array::{
 };
 use parking_lot::Mutex;
 
-use crate::schema::{TableKind, day_of_micros};
+use crate::schema::{TableKind, day_of_micros, hour_of_micros};
 use crate::{Result, Tenant};
 
 /// The longest the counts stay in memory only, in µs (5 minutes).
 pub const STATS_PERIOD_MICROS: i64 = 5 * 60 * 1_000_000;
-
-const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// One hour's counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +61,7 @@ impl IngestStats {
 
     /// Adds to the current hour's counts.
     pub(crate) fn add(&self, change: impl FnOnce(&mut Counts)) {
-        let hour = now_micros().div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
+        let hour = hour_of_micros(now_micros());
         change(self.pending.lock().entry(hour).or_default());
     }
 
@@ -75,7 +73,7 @@ impl IngestStats {
     /// The rows due for a commit, if a commit is due: when an hour ended or [`STATS_PERIOD_MICROS`]
     /// passed since the last staging, every pending hour (the current one's partial row too).
     fn take_due(&self, now: i64) -> Option<Vec<(i64, Counts)>> {
-        let current_hour = now.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
+        let current_hour = hour_of_micros(now);
         let mut pending = self.pending.lock();
         let hour_ended = pending.keys().next().is_some_and(|h| *h < current_hour);
         let period = now - self.staged_at.load(Ordering::Relaxed) >= STATS_PERIOD_MICROS;
@@ -127,19 +125,13 @@ impl Tenant {
     /// with nothing to write, catches up with other nodes' commits instead. Returns the rows
     /// written.
     pub(crate) async fn flush_ingest_stats(&self) -> Result<usize> {
-        let due = self.stats.take_due(now_micros());
-        let Some(rows) = due else {
-            if self.ingest_stats.buffered().0 == 0 {
-                return Ok(0);
+        match self.stats.take_due(now_micros()) {
+            Some(rows) if !rows.is_empty() => {
+                self.ingest_stats.push(self.stats.batch(&rows)?, 0);
             }
-            return Ok(self
-                .ingest_stats
-                .flush(&self.lake, &self.wal_app_id)
-                .await?
-                .rows);
-        };
-        if !rows.is_empty() {
-            self.ingest_stats.push(self.stats.batch(&rows)?, 0);
+            Some(_) => {}
+            None if self.ingest_stats.buffered().0 == 0 => return Ok(0),
+            None => {}
         }
         Ok(self
             .ingest_stats
@@ -152,6 +144,7 @@ impl Tenant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::MICROS_PER_HOUR;
 
     #[test]
     fn counts_are_due_when_an_hour_ends_or_the_period_passes() {

@@ -22,7 +22,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 
-use crate::schema::{MICROS_PER_DAY, TableKind};
+use crate::schema::{MICROS_PER_DAY, TableKind, hour_of_micros};
 use crate::{Error, Result};
 
 /// A sighting under this score counts as low (the default alert rule's threshold).
@@ -30,8 +30,6 @@ pub const LOW_SCORE: f64 = 20.0;
 
 /// Area cells are this many degrees of latitude and longitude (about 1 km around Paris).
 pub const CELL_DEGREES: f64 = 0.01;
-
-const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 /// The cell of a position: the south-west corner of its `CELL_DEGREES` square, e.g.
 /// `48.85,2.35`.
@@ -73,7 +71,7 @@ pub(crate) fn hourly(batches: &[RecordBatch]) -> Result<RecordBatch> {
             .as_primitive::<Float64Type>();
         let offsets = citizens.value_offsets();
         for row in 0..batch.num_rows() {
-            let hour = times.value(row).div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR;
+            let hour = hour_of_micros(times.value(row));
             let key = (
                 hour,
                 drones.value(row).to_string(),

@@ -190,6 +190,14 @@ pub fn file_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// Microseconds in an hour.
+pub const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// The start of the (UTC) hour of a timestamp in microseconds, in microseconds.
+pub fn hour_of_micros(micros: i64) -> i64 {
+    micros.div_euclid(MICROS_PER_HOUR) * MICROS_PER_HOUR
+}
+
 /// The day (days since the Unix epoch) of a timestamp in microseconds.
 pub fn day_of_micros(micros: i64) -> i32 {
     // The quotient of a valid protobuf timestamp always fits in i32.

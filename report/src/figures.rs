@@ -191,23 +191,15 @@ pub async fn gather(sql: &SqlEngine, request: &ReportRequest) -> Result<DayRepor
     let bucket = |column: &str| {
         format!("CAST(floor((date_part('epoch', {column}) - {epoch}) / 3600) AS BIGINT)")
     };
-    let per_hour = if rollup {
-        format!(
-            "SELECT {}, sum(reports) FROM reports_hourly WHERE hour >= {s} AND hour < {e} GROUP BY 1",
-            bucket("hour")
-        )
-    } else {
-        format!(
-            "SELECT {}, count(*) FROM reports WHERE time >= {s} AND time < {e} GROUP BY 1",
-            bucket("time")
-        )
-    };
-    let reports = counts(sql, "reports per hour", &per_hour).await?;
-    let per_hour = format!(
-        "SELECT {}, count(*) FROM alerts WHERE time >= {s} AND time < {e} GROUP BY 1",
-        bucket("time")
-    );
-    let alerts = counts(sql, "alerts per hour", &per_hour).await?;
+    let (reports, alerts) = per_bucket(
+        sql,
+        ["reports per hour", "alerts per hour"],
+        bucket,
+        rollup,
+        &s,
+        &e,
+    )
+    .await?;
     for (h, hour) in hours.iter_mut().enumerate() {
         hour.reports = reports.get(&(h as i64)).copied().unwrap_or(0);
         hour.alerts = alerts.get(&(h as i64)).copied().unwrap_or(0);
@@ -241,31 +233,25 @@ pub async fn gather(sql: &SqlEngine, request: &ReportRequest) -> Result<DayRepor
         ),
     )
     .await?;
-    let rules = named(
-        sql,
-        "alerts by rule",
-        &format!(
-            "SELECT rule, count(*) AS n FROM alerts WHERE time >= {s} AND time < {e} \
-             GROUP BY rule ORDER BY n DESC, rule"
-        ),
-    )
-    .await?;
+    // Alerts counted by `column`, most first (ties by the column), the first `limit` if given.
+    let alerts_by = |column: &str, limit: Option<usize>| {
+        let limit = limit.map_or_else(String::new, |n| format!(" LIMIT {n}"));
+        format!(
+            "SELECT {column}, count(*) AS n FROM alerts WHERE time >= {s} AND time < {e} \
+             GROUP BY {column} ORDER BY n DESC, {column}{limit}"
+        )
+    };
+    let rules = named(sql, "alerts by rule", &alerts_by("rule", None)).await?;
     let drones_top = named(
         sql,
         "drones with most alerts",
-        &format!(
-            "SELECT drone_id, count(*) AS n FROM alerts WHERE time >= {s} AND time < {e} \
-             GROUP BY drone_id ORDER BY n DESC, drone_id LIMIT {TOP}"
-        ),
+        &alerts_by("drone_id", Some(TOP)),
     )
     .await?;
     let citizens_top = named(
         sql,
         "citizens with most alerts",
-        &format!(
-            "SELECT citizen, count(*) AS n FROM alerts WHERE time >= {s} AND time < {e} \
-             GROUP BY citizen ORDER BY n DESC, citizen LIMIT {TOP}"
-        ),
+        &alerts_by("citizen", Some(TOP)),
     )
     .await?
     .into_iter()
@@ -391,24 +377,15 @@ async fn week(sql: &SqlEngine, day: NaiveDate, tz: Tz, rollup: bool) -> Result<V
         format!("CASE{arms} ELSE 6 END")
     };
     let (first, last) = (ts(bounds[0]), ts(bounds[7]));
-    let reports = if rollup {
-        format!(
-            "SELECT {}, sum(reports) FROM reports_hourly WHERE hour >= {first} AND hour < {last} \
-             GROUP BY 1",
-            which("hour")
-        )
-    } else {
-        format!(
-            "SELECT {}, count(*) FROM reports WHERE time >= {first} AND time < {last} GROUP BY 1",
-            which("time")
-        )
-    };
-    let reports = counts(sql, "reports per day", &reports).await?;
-    let alerts = format!(
-        "SELECT {}, count(*) FROM alerts WHERE time >= {first} AND time < {last} GROUP BY 1",
-        which("time")
-    );
-    let alerts = counts(sql, "alerts per day", &alerts).await?;
+    let (reports, alerts) = per_bucket(
+        sql,
+        ["reports per day", "alerts per day"],
+        which,
+        rollup,
+        &first,
+        &last,
+    )
+    .await?;
     Ok(days
         .into_iter()
         .enumerate()
@@ -418,6 +395,39 @@ async fn week(sql: &SqlEngine, day: NaiveDate, tz: Tz, rollup: bool) -> Result<V
             alerts: alerts.get(&(i as i64)).copied().unwrap_or(0),
         })
         .collect())
+}
+
+/// Reports and alerts in `[first, last)` counted by bucket index, `bucket(column)` being the
+/// SQL of a time column's index: the reports from the rollup (its `hour`) when it serves, from
+/// `reports` otherwise; the alerts from `alerts`.
+async fn per_bucket(
+    sql: &SqlEngine,
+    what: [&'static str; 2],
+    bucket: impl Fn(&str) -> String,
+    rollup: bool,
+    first: &str,
+    last: &str,
+) -> Result<(BTreeMap<i64, i64>, BTreeMap<i64, i64>)> {
+    let reports = if rollup {
+        format!(
+            "SELECT {}, sum(reports) FROM reports_hourly WHERE hour >= {first} AND hour < {last} \
+             GROUP BY 1",
+            bucket("hour")
+        )
+    } else {
+        format!(
+            "SELECT {}, count(*) FROM reports WHERE time >= {first} AND time < {last} GROUP BY 1",
+            bucket("time")
+        )
+    };
+    let alerts = format!(
+        "SELECT {}, count(*) FROM alerts WHERE time >= {first} AND time < {last} GROUP BY 1",
+        bucket("time")
+    );
+    Ok((
+        counts(sql, what[0], &reports).await?,
+        counts(sql, what[1], &alerts).await?,
+    ))
 }
 
 async fn collect(sql: &SqlEngine, what: &'static str, query: &str) -> Result<Vec<RecordBatch>> {
@@ -430,27 +440,33 @@ async fn collect(sql: &SqlEngine, what: &'static str, query: &str) -> Result<Vec
         .map_err(|e| wrap(vigie_sql::Error::DataFusion(e)))
 }
 
-/// Column `i` of `batch` as numbers (integers or floats, nulls as `None`).
-fn numbers(what: &'static str, batch: &RecordBatch, i: usize) -> Result<Vec<Option<f64>>> {
+/// Column `i` of `batch` cast to `to`.
+fn column_as(
+    what: &'static str,
+    batch: &RecordBatch,
+    i: usize,
+    to: &DataType,
+) -> Result<arrow::array::ArrayRef> {
     let shape = |detail: String| Error::Shape { what, detail };
     let column = batch
         .columns()
         .get(i)
         .ok_or_else(|| shape(format!("no column {i}")))?;
-    let column = cast(column, &DataType::Float64).map_err(|e| shape(e.to_string()))?;
+    cast(column, to).map_err(|e| shape(e.to_string()))
+}
+
+/// Column `i` of `batch` as numbers (integers or floats, nulls as `None`).
+fn numbers(what: &'static str, batch: &RecordBatch, i: usize) -> Result<Vec<Option<f64>>> {
+    let column = column_as(what, batch, i, &DataType::Float64)?;
     let column = column.as_primitive::<Float64Type>();
     Ok((0..column.len())
         .map(|r| column.is_valid(r).then(|| column.value(r)))
         .collect())
 }
 
+/// Column `i` of `batch` as text (nulls as empty strings).
 fn strings(what: &'static str, batch: &RecordBatch, i: usize) -> Result<Vec<String>> {
-    let shape = |detail: String| Error::Shape { what, detail };
-    let column = batch
-        .columns()
-        .get(i)
-        .ok_or_else(|| shape(format!("no column {i}")))?;
-    let column = cast(column, &DataType::Utf8).map_err(|e| shape(e.to_string()))?;
+    let column = column_as(what, batch, i, &DataType::Utf8)?;
     let column = column.as_string::<i32>();
     Ok((0..column.len())
         .map(|r| {
