@@ -251,7 +251,7 @@ pub(crate) async fn run(args: AdminArgs) -> Result<()> {
             let to = to.map(|to| check_recipients(&to)).transpose()?;
             let at = at.map(|at| check_time_of_day(&at)).transpose()?;
             if let Some(tz) = &tz {
-                crate::report::time_zone(tz)?;
+                vigie_report::time_zone(tz)?;
             }
             let names = names.map(|n| n == "on");
             let (tenant, settings) = update(store, |f| {

@@ -42,13 +42,6 @@ pub(crate) struct ReportArgs {
     tz: Option<String>,
 }
 
-/// An IANA time zone by name, with an error a user can act on.
-pub(crate) fn time_zone(name: &str) -> Result<Tz> {
-    name.parse::<Tz>().map_err(|_| {
-        anyhow::anyhow!("unknown time zone {name:?}: use an IANA name such as Europe/Paris or UTC")
-    })
-}
-
 /// The local day before today in `tz`.
 pub(crate) fn yesterday(tz: Tz) -> NaiveDate {
     let today = chrono::Utc::now().with_timezone(&tz).date_naive();
@@ -78,7 +71,7 @@ pub(crate) async fn run(args: ReportArgs) -> Result<()> {
         .get(name.as_str())
         .map(|t| t.report.clone())
         .unwrap_or_default();
-    let tz = time_zone(
+    let tz = vigie_report::time_zone(
         args.tz
             .as_deref()
             .or(report_settings.time_zone.as_deref())

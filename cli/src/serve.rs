@@ -414,7 +414,7 @@ fn mailing(
         tenant: TenantName::new(tenant).ok()?,
         to: r.to.clone(),
         at: chrono::NaiveTime::parse_from_str(r.at.as_deref().unwrap_or("06:00"), "%H:%M").ok()?,
-        time_zone: r.time_zone.as_deref().unwrap_or("UTC").parse().ok()?,
+        time_zone: vigie_report::time_zone(r.time_zone.as_deref().unwrap_or("UTC")).ok()?,
         names: r.names,
     })
 }

@@ -12,7 +12,6 @@ use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
-use chrono_tz::Tz;
 use serde::Deserialize;
 use vigie_report::{Format, ReportRequest};
 use vigie_sql::Purpose;
@@ -41,17 +40,9 @@ pub(crate) async fn download(
         .map_err(|_| Error::BadRequest(format!("day {:?} is not YYYY-MM-DD", params.day)))?;
     let principal = caller.0;
     let settings = state.auth.report_settings(principal.tenant.as_str());
-    let time_zone: Tz = settings
-        .time_zone
-        .as_deref()
-        .unwrap_or("UTC")
-        .parse()
-        .map_err(|_| {
-            Error::Internal(format!(
-                "tenant {} has the unknown time zone {:?}",
-                principal.tenant, settings.time_zone
-            ))
-        })?;
+    // Checked by `vigie admin set-report`: an unknown one is a damaged credentials file.
+    let time_zone = vigie_report::time_zone(settings.time_zone.as_deref().unwrap_or("UTC"))
+        .map_err(|e| Error::Internal(format!("tenant {}: {e}", principal.tenant)))?;
     // The day must exist in the zone before the query is admitted.
     vigie_report::day_bounds(day, time_zone)?;
     let request = ReportRequest {

@@ -144,6 +144,15 @@ pub struct DayReport {
     pub health: Health,
 }
 
+/// An IANA time zone by name (`Europe/Paris`, `UTC`), with an error a user can act on.
+pub fn time_zone(name: &str) -> Result<Tz> {
+    name.parse::<Tz>().map_err(|_| {
+        Error::InvalidInput(format!(
+            "unknown time zone {name:?}: use an IANA name such as Europe/Paris or UTC"
+        ))
+    })
+}
+
 /// The UTC bounds of local `day` in `tz` (a day of 23 or 25 hours when clocks change).
 pub fn day_bounds(day: NaiveDate, tz: Tz) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
     let midnight = |d: NaiveDate| -> Result<DateTime<Utc>> {

@@ -22,7 +22,7 @@ mod pdf;
 pub mod schedule;
 
 pub use crate::error::{Error, Result};
-pub use crate::figures::{DayReport, ReportRequest, day_bounds, gather};
+pub use crate::figures::{DayReport, ReportRequest, day_bounds, gather, time_zone};
 pub use crate::html::html;
 pub use crate::mail::{MailSettings, Outbox};
 pub use crate::pdf::pdf;
